@@ -1,0 +1,1 @@
+"""The HTTP layer: FastAPI app, routers, dependencies and error handlers."""

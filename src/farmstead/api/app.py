@@ -1,0 +1,75 @@
+"""The FastAPI application: routers, lifespan (schema check, background loops), docs offline."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
+
+from farmstead import __version__
+from farmstead.api import errors
+from farmstead.api.routes_fsm import router as fsm_router
+from farmstead.api.routes_meta import router as meta_router
+from farmstead.api.routes_workflows import router as workflows_router
+from farmstead.db.engine import make_database
+from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
+from farmstead.settings import Settings
+
+log = logging.getLogger("farmstead")
+
+
+def _unique_id(prefix: str) -> Any:
+    def make(route: APIRoute) -> str:
+        return f"{prefix}_{route.name}"
+
+    return make
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (read from the environment when not given)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = make_database(settings.database_url, settings.lock_timeout, settings.pool_size)
+        app.state.db = db
+        try:
+            await check_schema(db)
+        except SchemaNotReady as exc:
+            log.error("%s", exc)
+            await db.dispose()
+            raise
+        background = Background(db, settings)
+        background.start()
+        try:
+            yield
+        finally:
+            await background.stop()
+            await db.dispose()
+
+    app = FastAPIOffline(
+        title="farmstead",
+        version=__version__,
+        description="Task-farm state server. `/v3/fsm` and `/api/v3`: worker-node and "
+        "distributor routes, wire-compatible with Jobmon. `/v3`: workflows and tasks.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(meta_router)
+    app.include_router(fsm_router, prefix="/v3/fsm", generate_unique_id_function=_unique_id("fsm"))
+    app.include_router(fsm_router, prefix="/api/v3", tags=["jobmon compatible"],
+                       generate_unique_id_function=_unique_id("jobmon"))
+    app.include_router(workflows_router, prefix="/v3",
+                       generate_unique_id_function=_unique_id("v3"))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (`--factory`): settings from FARMSTEAD_* variables."""
+    return create_app(Settings())

@@ -1,0 +1,72 @@
+"""farmstead's own API: submit and read workflows and tasks."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from farmstead.api.deps import DatabaseDep, SettingsDep
+from farmstead.schemas import (
+    EventsOut,
+    TaskDetailOut,
+    TasksOut,
+    WorkflowCreate,
+    WorkflowOut,
+    WorkflowsOut,
+)
+from farmstead.services import workflows
+
+router = APIRouter(tags=["workflows"])
+
+
+@router.post("/workflows", response_model=WorkflowOut, status_code=201)
+async def create_workflow(db: DatabaseDep, settings: SettingsDep, body: WorkflowCreate) -> Any:
+    """Submit a workflow: tasks one by one, or an array of up to 1,000,000 from a template."""
+    return await workflows.submit(db, settings, body)
+
+
+@router.get("/workflows", response_model=WorkflowsOut)
+async def list_workflows(
+    db: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Workflows, newest first, with their task counts."""
+    data = await workflows.list_all(db, limit, offset)
+    return {"data": data, "count": len(data)}
+
+
+@router.get("/workflows/{workflow_id}", response_model=WorkflowOut)
+async def get_workflow(db: DatabaseDep, workflow_id: int) -> Any:
+    """A workflow: status, counts by task status, percent done."""
+    return await workflows.read(db, workflow_id)
+
+
+@router.get("/workflows/{workflow_id}/tasks", response_model=TasksOut)
+async def list_tasks(
+    db: DatabaseDep,
+    workflow_id: int,
+    status: Annotated[list[str] | None, Query(description="task status letters")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    after_id: Annotated[int, Query(ge=0, description="keyset paging: ids above this")] = 0,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """A page of a workflow's tasks, optionally only those in some statuses."""
+    data, total = await workflows.tasks(db, workflow_id, status, limit, after_id, offset)
+    return {"data": data, "count": total}
+
+
+@router.get("/workflows/{workflow_id}/events", response_model=EventsOut)
+async def list_events(
+    db: DatabaseDep,
+    workflow_id: int,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Any:
+    """A workflow's events (one per applied transition), oldest first."""
+    return {"data": await workflows.events(db, workflow_id, after_id, limit)}
+
+
+@router.get("/tasks/{task_id}", response_model=TaskDetailOut)
+async def get_task(db: DatabaseDep, task_id: int) -> Any:
+    """A task with its instance history and error log."""
+    return await workflows.task_detail(db, task_id)

@@ -1,0 +1,27 @@
+"""Helpers shared by the commands: settings from flags, messages to stderr."""
+
+import sys
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from farmstead.settings import Settings
+
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one clear line to stderr and exit non-zero."""
+    err.print(f"[bold red]error:[/] {message}")
+    sys.exit(code)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with command-line flags (when given) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"bad setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")

@@ -1,0 +1,49 @@
+"""`farmstead db`: migrate and inspect the database."""
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from farmstead.cli.common import err, fail, load_settings
+from farmstead.db.engine import make_database
+from farmstead.db.migrate import current_revision, head_revision, upgrade
+
+app = typer.Typer(help="Migrate and inspect the database.", no_args_is_help=True)
+UrlOpt = Annotated[
+    str | None, typer.Option("--database-url", help="default: FARMSTEAD_DATABASE_URL")
+]
+
+
+@app.command("upgrade")
+def upgrade_cmd(database_url: UrlOpt = None, revision: str = "head") -> None:
+    """Migrate the database to the newest schema (or to REVISION)."""
+    settings = load_settings(database_url=database_url)
+    try:
+        upgrade(settings.database_url, revision)
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+        fail(f"migration failed: {exc}")
+    err.print(f"database at revision {head_revision() if revision == 'head' else revision}")
+
+
+@app.command("current")
+def current_cmd(database_url: UrlOpt = None) -> None:
+    """Print the database's schema revision and this farmstead's head revision."""
+    settings = load_settings(database_url=database_url)
+
+    async def run() -> str | None:
+        db = make_database(settings.database_url)
+        try:
+            return await current_revision(db)
+        finally:
+            await db.dispose()
+
+    try:
+        current = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001
+        fail(f"cannot read the database: {exc}")
+    head = head_revision()
+    typer.echo(f"current: {current or 'none (not migrated)'}")
+    typer.echo(f"head:    {head}")
+    if current != head:
+        raise typer.Exit(1)

@@ -1,0 +1,155 @@
+"""The data model. Statuses are Jobmon's one-letter codes (see farmstead.fsm)."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from farmstead.db.types import BigId, JSONType, UTCDateTime
+from farmstead.fsm import LIVE_TI
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+_LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints the same."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Workflow(Base):
+    """A batch of work: many tasks."""
+
+    __tablename__ = "workflow"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: seconds a retry instance is held back before it may be instantiated
+    retry_delay: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+
+
+class Array(Base):
+    """A group of tasks launched together; its instances are addressed by (batch, step)."""
+
+    __tablename__ = "array"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflow.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    max_concurrently_running: Mapped[int] = mapped_column(Integer, default=10_000)
+    #: the last batch number handed out (retries take the next one, under the row lock)
+    last_batch_num: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Task(Base):
+    """The unit of work, tried by one or more task instances."""
+
+    __tablename__ = "task"
+    __table_args__ = (Index("ix_task_workflow_id_status", "workflow_id", "status"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflow.id"))
+    array_id: Mapped[int] = mapped_column(ForeignKey("array.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    command: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(1))
+    status_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    num_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    resource_scales: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    time_submitted: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    time_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    time_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TaskInstance(Base):
+    """One try of a task on some machine."""
+
+    __tablename__ = "task_instance"
+    __table_args__ = (
+        Index("ix_task_instance_status_report_by_date", "status", "report_by_date"),
+        Index("ix_task_instance_status_status_date", "status", "status_date"),
+        Index("ix_task_instance_workflow_id_status", "workflow_id", "status"),
+        Index(
+            "uq_task_instance_array_batch_step",
+            "array_id", "array_batch_num", "array_step_id", unique=True,
+        ),
+        # At most one live instance per task, ever: the database itself refuses a second.
+        Index(
+            "uq_task_instance_live_task_id", "task_id", unique=True,
+            sqlite_where=text(f"status IN ({_LIVE})"),
+            postgresql_where=text(f"status IN ({_LIVE})"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"), index=True)
+    workflow_id: Mapped[int] = mapped_column(BigId)
+    array_id: Mapped[int] = mapped_column(BigId)
+    array_batch_num: Mapped[int] = mapped_column(Integer)
+    array_step_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(1))
+    status_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    submitted_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    report_by_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: a retry is not instantiated before this time (the workflow's retry delay)
+    available_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    distributor_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    nodename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    process_group_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    wallclock: Mapped[float | None] = mapped_column(Float, nullable=True)
+    maxrss: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    cpu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    io: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    stdout: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stdout_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stderr_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TaskInstanceErrorLog(Base):
+    """An error a worker or distributor reported for an instance (written only when applied)."""
+
+    __tablename__ = "task_instance_error_log"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_instance_id: Mapped[int] = mapped_column(ForeignKey("task_instance.id"), index=True)
+    error_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    description: Mapped[str] = mapped_column(Text)
+
+
+class Event(Base):
+    """One row per applied transition, written in the transition's own transaction."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_entity_entity_id", "entity", "entity_id"),
+        Index("ix_event_workflow_id_id", "workflow_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(BigId)
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[int] = mapped_column(BigId)
+    from_status: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    to_status: Mapped[str] = mapped_column(String(1))
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class Cluster(Base):
+    """A cluster a Jobmon worker node asks for by name (its type names a Jobmon plugin)."""
+
+    __tablename__ = "cluster"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    cluster_type_name: Mapped[str] = mapped_column(String(255))
+    connection_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,35 @@
+"""The state machines of farmstead, as data. Pure Python: imports nothing of ours."""
+
+from farmstead.fsm.decide import Apply, Decision, Invalid, Same, Untimely, decide, retry_resources
+from farmstead.fsm.statuses import (
+    LIVE_TI,
+    TERMINAL_TASK,
+    TERMINAL_TI,
+    TaskStatus,
+    TIStatus,
+    WorkflowStatus,
+    workflow_status,
+)
+from farmstead.fsm.tables import TASK_VALID, TI_REWRITES, TI_UNTIMELY, TI_VALID, tables_as_json
+
+__all__ = [
+    "LIVE_TI",
+    "TASK_VALID",
+    "TERMINAL_TASK",
+    "TERMINAL_TI",
+    "TI_REWRITES",
+    "TI_UNTIMELY",
+    "TI_VALID",
+    "Apply",
+    "Decision",
+    "Invalid",
+    "Same",
+    "TIStatus",
+    "TaskStatus",
+    "Untimely",
+    "WorkflowStatus",
+    "decide",
+    "retry_resources",
+    "tables_as_json",
+    "workflow_status",
+]

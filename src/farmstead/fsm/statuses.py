@@ -1,0 +1,69 @@
+"""Status enums. The one-letter values are Jobmon's, on the wire and in the database."""
+
+from enum import StrEnum
+
+
+class TIStatus(StrEnum):
+    """Status of a task instance (one try of a task)."""
+
+    QUEUED = "Q"
+    INSTANTIATED = "I"
+    LAUNCHED = "O"
+    RUNNING = "R"
+    TRIAGING = "T"
+    NO_HEARTBEAT = "X"
+    KILL_SELF = "K"
+    DONE = "D"
+    ERROR = "E"
+    UNKNOWN_ERROR = "U"
+    RESOURCE_ERROR = "Z"
+    NO_DISTRIBUTOR_ID = "W"
+    ERROR_FATAL = "F"
+
+
+class TaskStatus(StrEnum):
+    """Status of a task (the unit of work, tried by one or more instances)."""
+
+    REGISTERING = "G"
+    QUEUED = "Q"
+    INSTANTIATING = "I"
+    LAUNCHED = "O"
+    RUNNING = "R"
+    DONE = "D"
+    ERROR_RECOVERABLE = "E"
+    ADJUSTING_RESOURCES = "A"
+    ERROR_FATAL = "F"
+
+
+class WorkflowStatus(StrEnum):
+    """Status of a workflow, derived from its tasks (never stored on its own)."""
+
+    RUNNING = "R"
+    DONE = "D"
+    FAILED = "F"
+
+
+TI = TIStatus
+#: Error reports a worker or distributor can make; each may lead to a retry.
+ERROR_TI: frozenset[TIStatus] = frozenset({TI.ERROR, TI.UNKNOWN_ERROR, TI.RESOURCE_ERROR,
+                                           TI.NO_DISTRIBUTOR_ID})
+#: An instance in one of these will never move again.
+TERMINAL_TI: frozenset[TIStatus] = ERROR_TI | {TI.DONE, TI.ERROR_FATAL}
+#: Live instances: not terminal. At most one per task (a partial unique index enforces it).
+LIVE_TI: frozenset[TIStatus] = frozenset(TIStatus) - TERMINAL_TI
+TERMINAL_TASK: frozenset[TaskStatus] = frozenset({TaskStatus.DONE, TaskStatus.ERROR_FATAL})
+
+
+def workflow_status(counts: dict[str, int]) -> WorkflowStatus:
+    """A workflow's status from its task counts by status letter.
+
+    RUNNING while any task can still move; DONE when every task is DONE; FAILED when nothing can
+    move and some task is ERROR_FATAL.
+    """
+    total = sum(counts.values())
+    settled = sum(n for s, n in counts.items() if s in TERMINAL_TASK)
+    if settled < total:
+        return WorkflowStatus.RUNNING
+    if counts.get(TaskStatus.ERROR_FATAL, 0):
+        return WorkflowStatus.FAILED
+    return WorkflowStatus.DONE

@@ -1,0 +1,143 @@
+"""Set-based transitions: many instances moved by the same decision function, few statements."""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.db.types import db_now, seconds_from_now
+from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide, retry_resources
+from farmstead.store import bulk as store
+from farmstead.store.bulk import Candidate
+from farmstead.store.rows import EventRow
+from farmstead.store.sql import insert_events
+
+ERROR_LOGGED = frozenset({"E", "U", "Z", "W", "F"})
+
+
+@lru_cache(maxsize=4096)
+def _decide(ti: str, task: str, requested: TIStatus, attempts: int, max_attempts: int) -> Decision:
+    return decide(TIStatus(ti), TaskStatus(task), requested, attempts, max_attempts)
+
+
+@dataclass
+class BulkResult:
+    """What a set-based move did."""
+
+    moved: dict[str, int] = field(default_factory=dict)  # to-status -> count
+    ids: list[int] = field(default_factory=list)  # instances moved
+    skipped: int = 0  # same status, untimely or invalid: nothing written
+    retried: list[int] = field(default_factory=list)  # new QUEUED instances
+
+    def add(self, other: "BulkResult") -> None:
+        """Fold another result into this one."""
+        for key, n in other.moved.items():
+            self.moved[key] = self.moved.get(key, 0) + n
+        self.ids += other.ids
+        self.skipped += other.skipped
+        self.retried += other.retried
+
+    @property
+    def total(self) -> int:
+        """How many instances moved."""
+        return sum(self.moved.values())
+
+
+async def apply_bulk(
+    session: AsyncSession,
+    candidates: Sequence[Candidate],
+    requested: TIStatus,
+    *,
+    fields: dict[str, Any] | None = None,
+    report_increment: float | None = None,
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> BulkResult:
+    """Apply `requested` to every locked candidate the decision function allows."""
+    result = BulkResult()
+    groups: dict[Apply, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        d = _decide(c.ti_status, c.task_status, requested, c.num_attempts, c.max_attempts)
+        if isinstance(d, Apply):
+            groups[d].append(c)
+        else:
+            result.skipped += 1
+    events: list[EventRow] = []
+    info = dict(details or {})
+    if error:
+        info["error"] = error[:2000]
+    for move, members in groups.items():
+        ids = [c.ti_id for c in members]
+        values = dict(fields or {})
+        if report_increment is not None and move.ti_to in (TIStatus.LAUNCHED, TIStatus.RUNNING):
+            values["report_by_date"] = seconds_from_now(report_increment)
+        await store.set_instances(session, ids, move.ti_to.value, values)
+        note = {**info, "requested": requested.value} if requested != move.ti_to else info
+        events += [EventRow(c.workflow_id, "task_instance", c.ti_id, move.ti_from.value,
+                            move.ti_to.value, note or None) for c in members]
+        if error and move.ti_to.value in ERROR_LOGGED:
+            await store.add_error_logs(session, ids, error)
+        if move.task_path:
+            await _move_tasks(session, move, members, error, events)
+        if move.retry:
+            result.retried += await _queue_retries(session, move.adjust, members, events)
+        result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)
+        result.ids += ids
+    await insert_events(session, events)
+    return result
+
+
+async def _move_tasks(
+    session: AsyncSession, move: Apply, members: Sequence[Candidate], error: str | None,
+    events: list[EventRow],
+) -> None:
+    values: dict[str, Any] = {}
+    if TaskStatus.RUNNING in move.task_path:
+        values["time_started"] = db_now()
+    if move.task_to in (TaskStatus.DONE, TaskStatus.ERROR_FATAL):
+        values["time_finished"] = db_now()
+    if move.task_to == TaskStatus.DONE:
+        values["progress"] = 100.0
+    if error:
+        values["last_error"] = error[:10_000]
+    await store.set_tasks(session, [c.task_id for c in members], move.task_to.value, values,
+                          bump_attempts=move.retry)
+    for c in members:
+        prev = move.task_from
+        for step in move.task_path:
+            events.append(EventRow(c.workflow_id, "task", c.task_id, prev.value, step.value))
+            prev = step
+
+
+async def _queue_retries(
+    session: AsyncSession, adjust: bool, members: Sequence[Candidate], events: list[EventRow]
+) -> list[int]:
+    """A new QUEUED instance for each member's task, each array's retries in new batches."""
+    new_ids: list[int] = []
+    by_array: dict[int, list[Candidate]] = defaultdict(list)
+    for c in members:
+        by_array[c.array_id].append(c)
+    for array_id, cands in by_array.items():
+        first = await store.next_batches(session, array_id, len(cands))
+        by_delay: dict[float, list[dict[str, Any]]] = defaultdict(list)
+        for offset, c in enumerate(cands):
+            res = retry_resources(c.resources, c.resource_scales) if adjust else c.resources
+            by_delay[c.retry_delay].append({
+                "task_id": c.task_id, "workflow_id": c.workflow_id, "array_id": array_id,
+                "array_batch_num": first + offset, "array_step_id": 0, "resources": res,
+            })
+        for delay, rows in by_delay.items():
+            if delay > 0:
+                for row in rows:
+                    row["available_date"] = None
+                ids = await store.insert_queued(session, rows)
+                await store.hold_until(session, ids, seconds_from_now(delay))
+            else:
+                ids = await store.insert_queued(session, rows)
+            new_ids += ids
+            events += [EventRow(r["workflow_id"], "task_instance", i, None, "Q",
+                                {"retry_of_task": r["task_id"]}) for r, i in zip(rows, ids, strict=True)]
+    return new_ids

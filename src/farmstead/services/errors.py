@@ -1,0 +1,30 @@
+"""Domain errors. HTTP codes are assigned to them in one place: farmstead.api.errors."""
+
+
+class FarmsteadError(Exception):
+    """Base of every error farmstead reports to a client."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(FarmsteadError):
+    """No such workflow, task, instance or array element."""
+
+
+class InvalidTransition(FarmsteadError):
+    """The requested move is not in the state machine."""
+
+
+class Conflict(FarmsteadError):
+    """The request clashes with the stored state (e.g. a second live instance for a task)."""
+
+
+class BadRequest(FarmsteadError):
+    """Input that is well-formed but unacceptable."""
+
+
+class Unavailable(FarmsteadError):
+    """The database is down or a lock could not be had in time: retry later."""

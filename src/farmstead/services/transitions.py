@@ -1,0 +1,88 @@
+"""Transitions: lock the instance, then its task; ask the fsm; write both rows and the events."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.db.engine import Database
+from farmstead.fsm import Invalid, Same, TaskStatus, TIStatus, Untimely, decide
+from farmstead.services.bulk import apply_bulk
+from farmstead.services.errors import InvalidTransition, NotFound
+from farmstead.services.uow import unit_of_work
+from farmstead.store import instances as store
+from farmstead.store.bulk import Candidate
+from farmstead.store.rows import TaskRow
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request did: the instance's status now, and whether anything was written."""
+
+    status: TIStatus
+    applied: bool
+    untimely: bool
+    task: TaskRow
+    retry_instance_id: int | None = None
+
+
+async def transition(
+    db: Database,
+    ti_id: int,
+    requested: TIStatus,
+    *,
+    fields: dict[str, Any] | None = None,
+    report_increment: float | None = None,
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Outcome:
+    """Apply `requested` to instance `ti_id` in one transaction, or say why not."""
+    async with unit_of_work(db) as session:
+        return await transition_in(
+            session, ti_id, requested, fields=fields, report_increment=report_increment,
+            error=error, details=details,
+        )
+
+
+async def transition_in(
+    session: AsyncSession,
+    ti_id: int,
+    requested: TIStatus,
+    *,
+    fields: dict[str, Any] | None = None,
+    report_increment: float | None = None,
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Outcome:
+    """`transition` inside a transaction the caller opened."""
+    ti = await store.lock_instance(session, ti_id)
+    if ti is None:
+        raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
+    task = await store.lock_task(session, ti.task_id)
+    decision = decide(
+        TIStatus(ti.status), TaskStatus(task.status), requested, task.num_attempts,
+        task.max_attempts,
+    )
+    match decision:
+        case Same(status):
+            return Outcome(status, applied=False, untimely=False, task=task)
+        case Untimely(status):
+            return Outcome(status, applied=False, untimely=True, task=task)
+        case Invalid(status, asked):
+            raise InvalidTransition(
+                f"task instance {ti_id} cannot go from {status.name} ({status.value}) "
+                f"to {asked.name} ({asked.value})",
+                task_instance_id=ti_id, status=status.value, requested=asked.value,
+            )
+    candidate = Candidate(
+        ti.id, ti.status, task.id, task.status, task.num_attempts, task.max_attempts,
+        task.workflow_id, ti.array_id, ti.resources, task.resource_scales, task.retry_delay,
+    )
+    result = await apply_bulk(
+        session, [candidate], requested, fields=fields, report_increment=report_increment,
+        error=error, details=details,
+    )
+    return Outcome(decision.ti_to, applied=True, untimely=False, task=task,
+                   retry_instance_id=result.retried[0] if result.retried else None)
+
+

@@ -1,0 +1,60 @@
+"""Settings, read once from the environment (prefix FARMSTEAD_) and passed down."""
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./farmstead.db"
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FARMSTEAD_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    #: seconds a transition waits for a row lock before answering 503
+    lock_timeout: float = Field(5.0, gt=0)
+    pool_size: int = Field(20, ge=1)
+    #: steps per array batch when a workflow is submitted (a Slurm array per batch)
+    array_batch_size: int = Field(1000, ge=1, le=1_000_000)
+    max_tasks_per_request: int = Field(1_000_000, ge=1)
+    default_max_attempts: int = Field(3, ge=1)
+    #: heartbeat interval the server asks workers for, seconds
+    heartbeat_interval: float = Field(30.0, gt=0)
+    #: a deadline is interval x buffer after the report (Jobmon's report_by_buffer)
+    report_by_buffer: float = Field(3.1, ge=1)
+    reconciler_interval: float = Field(10.0, gt=0)
+    reconciler_enabled: bool = True
+    reconciler_chunk: int = Field(5000, ge=1)
+    #: seconds an instance may stay TRIAGING before it is declared UNKNOWN_ERROR
+    triage_grace: float = Field(60.0, ge=0)
+    #: seconds an instance may stay INSTANTIATED before it is declared NO_DISTRIBUTOR_ID
+    launch_timeout: float = Field(600.0, gt=0)
+    #: LAUNCHED instances are declared NO_HEARTBEAT only once launched at least this long
+    no_heartbeat_min_age: float = Field(60.0, ge=0)
+    #: seconds a KILL_SELF instance has to report before it is declared ERROR_FATAL
+    kill_self_timeout: float = Field(120.0, gt=0)
+    local_workers: int = Field(0, ge=0, le=1024)
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite default."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def report_increment(self) -> float:
+        """Seconds between a report and its deadline, as Jobmon's workers compute it."""
+        return self.heartbeat_interval * self.report_by_buffer

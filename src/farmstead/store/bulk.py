@@ -1,0 +1,180 @@
+"""Set-based reads and writes of many instances at once (one statement per chunk)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.db.models import Array, Workflow
+from farmstead.db.types import db_now, seconds_from_now
+from farmstead.store.sql import ERRLOG, TASK, TI, dialect, id_in
+
+ARRAY = Array.__table__
+WORKFLOW = Workflow.__table__
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An instance and its task, locked for a set-based move."""
+
+    ti_id: int
+    ti_status: str
+    task_id: int
+    task_status: str
+    num_attempts: int
+    max_attempts: int
+    workflow_id: int
+    array_id: int
+    resources: dict[str, Any] | None
+    resource_scales: dict[str, float] | None
+    retry_delay: float
+
+
+def _candidates(where: ColumnElement[bool], limit: int | None, skip_locked: bool) -> Any:
+    stmt = (
+        select(
+            TI.c.id, TI.c.status, TASK.c.id, TASK.c.status, TASK.c.num_attempts,
+            TASK.c.max_attempts, TI.c.workflow_id, TI.c.array_id, TI.c.resources,
+            TASK.c.resource_scales, WORKFLOW.c.retry_delay,
+        )
+        .join(TASK, TASK.c.id == TI.c.task_id)
+        .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
+        .where(where)
+        .order_by(TI.c.id)
+        .with_for_update(of=[TI, TASK], skip_locked=skip_locked)
+    )
+    return stmt.limit(limit) if limit else stmt
+
+
+async def lock_candidates(
+    session: AsyncSession, where: ColumnElement[bool], limit: int | None = None,
+    skip_locked: bool = True,
+) -> list[Candidate]:
+    """Lock and read the instances matching `where`, with their tasks."""
+    rows = (await session.execute(_candidates(where, limit, skip_locked))).all()
+    return [Candidate(*r) for r in rows]
+
+
+def by_ids(session: AsyncSession, ids: Sequence[int], statuses: Sequence[str]) -> Any:
+    """Instances among `ids` in one of `statuses`."""
+    return and_(id_in(TI.c.id, ids, dialect(session)), TI.c.status.in_(statuses))
+
+
+def available_queued(ids: Sequence[int] | None, session: AsyncSession) -> Any:
+    """QUEUED instances whose retry delay (if any) has passed."""
+    cond = and_(
+        TI.c.status == "Q",
+        or_(TI.c.available_date.is_(None), TI.c.available_date <= db_now()),
+    )
+    return cond if ids is None else and_(cond, id_in(TI.c.id, ids, dialect(session)))
+
+
+def of_batch(array_id: int, batch: int, statuses: Sequence[str]) -> Any:
+    """Instances of one batch of an array in one of `statuses`."""
+    return and_(TI.c.array_id == array_id, TI.c.array_batch_num == batch,
+                TI.c.status.in_(statuses))
+
+
+def of_workflow(workflow_id: int, statuses: Sequence[str]) -> Any:
+    """Instances of a workflow in one of `statuses`."""
+    return and_(TI.c.workflow_id == workflow_id, TI.c.status.in_(statuses))
+
+
+def deadline_passed(status: str) -> Any:
+    """Instances in `status` whose heartbeat deadline has passed (database clock)."""
+    return and_(TI.c.status == status, TI.c.report_by_date <= db_now())
+
+
+def in_status_for(status: str, seconds: float) -> Any:
+    """Instances that have been in `status` for at least `seconds` (database clock)."""
+    return and_(TI.c.status == status, TI.c.status_date <= seconds_from_now(-seconds))
+
+
+async def set_instances(
+    session: AsyncSession, ids: Sequence[int], status: str, values: dict[str, Any]
+) -> None:
+    """Move locked instances to `status` in one statement."""
+    stmt = (
+        update(TI)
+        .where(id_in(TI.c.id, ids, dialect(session)))
+        .values(status=status, status_date=db_now(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(stmt)
+
+
+async def set_tasks(
+    session: AsyncSession, ids: Sequence[int], status: str, values: dict[str, Any],
+    bump_attempts: bool = False,
+) -> None:
+    """Move locked tasks to `status` in one statement."""
+    extra = dict(values)
+    if bump_attempts:
+        extra["num_attempts"] = TASK.c.num_attempts + 1
+    stmt = (
+        update(TASK)
+        .where(id_in(TASK.c.id, ids, dialect(session)))
+        .values(status=status, status_date=db_now(), **extra)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(stmt)
+
+
+async def add_error_logs(session: AsyncSession, ids: Sequence[int], description: str) -> None:
+    """One error-log row per instance, same description."""
+    if ids:
+        await session.execute(
+            ERRLOG.insert().values(error_time=db_now()),
+            [{"task_instance_id": i, "description": description} for i in ids],
+        )
+
+
+async def next_batches(session: AsyncSession, array_id: int, count: int) -> int:
+    """Reserve `count` new batch numbers of an array; returns the first."""
+    last = (
+        await session.execute(
+            update(ARRAY).where(ARRAY.c.id == array_id)
+            .values(last_batch_num=ARRAY.c.last_batch_num + count)
+            .returning(ARRAY.c.last_batch_num)
+        )
+    ).scalar_one()
+    return int(last) - count + 1
+
+
+async def insert_queued(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert QUEUED instances (retries); returns their ids in order."""
+    if not rows:
+        return []
+    result = await session.execute(
+        TI.insert().values(status="Q", status_date=db_now()).returning(TI.c.id, sort_by_parameter_order=True),
+        rows,
+    )
+    return [int(r[0]) for r in result.all()]
+
+
+async def set_distributor_ids(session: AsyncSession, mapping: dict[int, str]) -> int:
+    """Write many instances' distributor ids in one statement."""
+    if not mapping:
+        return 0
+    stmt = (
+        update(TI)
+        .where(id_in(TI.c.id, list(mapping), dialect(session)))
+        .values(distributor_id=case(mapping, value=TI.c.id))
+        .execution_options(synchronize_session=False)
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def count_where(session: AsyncSession, where: ColumnElement[bool]) -> int:
+    """How many instances match."""
+    return int((await session.execute(select(func.count()).select_from(TI).where(where))).scalar_one())
+
+
+async def hold_until(session: AsyncSession, ids: Sequence[int], when: Any) -> None:
+    """Hold queued instances back until `when` (a retry delay)."""
+    await session.execute(
+        update(TI).where(id_in(TI.c.id, ids, dialect(session))).values(available_date=when)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,214 @@
+"""Queries on workflows, arrays and tasks: submission in bulk, counts, listings."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Integer,
+    String,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.db.models import Array, Workflow
+from farmstead.db.types import JSONType, db_now
+from farmstead.store.sql import ERRLOG, EVENT, TASK, TI, dialect, id_in
+
+ARRAY = Array.__table__
+WORKFLOW = Workflow.__table__
+
+
+async def create_workflow(session: AsyncSession, name: str, retry_delay: float) -> int:
+    """Insert a workflow; returns its id."""
+    stmt = WORKFLOW.insert().values(name=name, retry_delay=retry_delay, created_date=db_now())
+    return int((await session.execute(stmt.returning(WORKFLOW.c.id))).scalar_one())
+
+
+async def create_array(
+    session: AsyncSession, workflow_id: int, name: str, batches: int, max_running: int
+) -> int:
+    """Insert an array whose first `batches` batch numbers are taken; returns its id."""
+    stmt = ARRAY.insert().values(
+        workflow_id=workflow_id, name=name, last_batch_num=batches,
+        max_concurrently_running=max_running, created_date=db_now(),
+    )
+    return int((await session.execute(stmt.returning(ARRAY.c.id))).scalar_one())
+
+
+def _task_columns(workflow_id: int, array_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "workflow_id": literal(workflow_id), "array_id": literal(array_id),
+        "status": literal("Q"), "status_date": db_now(), "num_attempts": literal(1),
+        "max_attempts": literal(spec["max_attempts"]), "priority": literal(spec["priority"]),
+        "resources": bindparam("resources", spec["resources"], type_=JSONType),
+        "resource_scales": bindparam("scales", spec["resource_scales"], type_=JSONType),
+        "progress": literal(0.0), "time_submitted": db_now(),
+    }
+
+
+async def insert_range_tasks(
+    session: AsyncSession, workflow_id: int, array_id: int, first: int, last: int,
+    spec: dict[str, Any],
+) -> None:
+    """Insert one task per i in first..last, `{i}` substituted in command and name: one statement."""
+    if dialect(session) == "postgresql":
+        series = func.generate_series(first, last).table_valued("i").render_derived()
+    else:
+        series = (
+            select(literal(first).label("i"))
+            .cte("series", recursive=True)
+        )
+        series = series.union_all(select((series.c.i + 1).label("i")).where(series.c.i < last))
+    i_text = cast(series.c.i, String)
+    cols = _task_columns(workflow_id, array_id, spec)
+    cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
+    cols["command"] = func.replace(literal(spec["command"]), "{i}", i_text)
+    sel = select(*[v.label(k) for k, v in cols.items()]).select_from(series).order_by(series.c.i)
+    await session.execute(insert(TASK).from_select(list(cols), sel))
+
+
+async def insert_listed_tasks(
+    session: AsyncSession, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]]
+) -> None:
+    """Insert tasks given one by one (an executemany of one statement)."""
+    rows = [
+        {
+            "workflow_id": workflow_id, "array_id": array_id, "name": t["name"],
+            "command": t["command"], "status": "Q", "num_attempts": 1,
+            "max_attempts": t["max_attempts"], "priority": t["priority"],
+            "resources": t["resources"], "resource_scales": t["resource_scales"],
+            "progress": 0.0,
+        }
+        for t in tasks
+    ]
+    await session.execute(
+        TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows
+    )
+
+
+async def insert_first_instances(session: AsyncSession, array_id: int, batch_size: int) -> int:
+    """A QUEUED instance for every task of a new array, batch b / step s: one statement."""
+    rank = (func.row_number().over(order_by=TASK.c.id) - 1).label("rank")
+    ranked = select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, rank).where(
+        TASK.c.array_id == array_id
+    ).subquery()
+    sel = select(
+        ranked.c.id, ranked.c.workflow_id, literal(array_id),
+        (cast(ranked.c.rank / batch_size, Integer) + 1), ranked.c.rank % batch_size,
+        literal("Q"), db_now(), ranked.c.resources,
+    )
+    cols = ["task_id", "workflow_id", "array_id", "array_batch_num", "array_step_id",
+            "status", "status_date", "resources"]
+    result = await session.execute(insert(TI).from_select(cols, sel))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def record_event(
+    session: AsyncSession, workflow_id: int, to_status: str, details: dict[str, Any]
+) -> None:
+    """A workflow-level event (submission, cancel, resume)."""
+    await session.execute(EVENT.insert().values(
+        workflow_id=workflow_id, entity="workflow", entity_id=workflow_id, from_status=None,
+        to_status=to_status, details=details, time=db_now(),
+    ))
+
+
+async def workflow_row(session: AsyncSession, workflow_id: int) -> dict[str, Any] | None:
+    """A workflow's own columns."""
+    row = (await session.execute(
+        select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)
+    )).mappings().first()
+    return None if row is None else dict(row)
+
+
+async def task_counts(session: AsyncSession, workflow_id: int) -> dict[str, int]:
+    """How many of a workflow's tasks are in each status."""
+    stmt = (
+        select(TASK.c.status, func.count())
+        .where(TASK.c.workflow_id == workflow_id)
+        .group_by(TASK.c.status)
+    )
+    return {s: int(n) for s, n in (await session.execute(stmt)).all()}
+
+
+async def list_workflows(session: AsyncSession, limit: int, offset: int) -> list[dict[str, Any]]:
+    """Workflows, newest first."""
+    stmt = select(WORKFLOW).order_by(WORKFLOW.c.id.desc()).limit(limit).offset(offset)
+    return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
+
+
+async def list_tasks(
+    session: AsyncSession, workflow_id: int, status: Sequence[str] | None, limit: int,
+    after_id: int, offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of a workflow's tasks (by id), and how many match in all."""
+    where = [TASK.c.workflow_id == workflow_id]
+    if status:
+        where.append(TASK.c.status.in_(status))
+    total = (await session.execute(select(func.count()).select_from(TASK).where(*where))).scalar_one()
+    stmt = (
+        select(TASK.c.id, TASK.c.name, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts,
+               TASK.c.array_id, TASK.c.progress, TASK.c.last_error)
+        .where(*where, TASK.c.id > after_id)
+        .order_by(TASK.c.id).limit(limit).offset(offset)
+    )
+    return [dict(r) for r in (await session.execute(stmt)).mappings().all()], int(total)
+
+
+async def task_detail(session: AsyncSession, task_id: int) -> dict[str, Any] | None:
+    """A task with its instances (oldest first)."""
+    task = (await session.execute(select(TASK).where(TASK.c.id == task_id))).mappings().first()
+    if task is None:
+        return None
+    instances = (await session.execute(
+        select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)
+    )).mappings().all()
+    return {**dict(task), "instances": [dict(i) for i in instances]}
+
+
+async def error_logs_of(session: AsyncSession, ti_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Error-log rows of several instances."""
+    if not ti_ids:
+        return []
+    stmt = select(ERRLOG).where(id_in(ERRLOG.c.task_instance_id, ti_ids, dialect(session)))
+    return [dict(r) for r in (await session.execute(stmt.order_by(ERRLOG.c.id))).mappings().all()]
+
+
+async def events_of(
+    session: AsyncSession, workflow_id: int, after_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """A workflow's events in order."""
+    stmt = (
+        select(EVENT).where(EVENT.c.workflow_id == workflow_id, EVENT.c.id > after_id)
+        .order_by(EVENT.c.id).limit(limit)
+    )
+    return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
+
+
+async def batch_keys(session: AsyncSession, ti_ids: Sequence[int]) -> list[tuple[int, int, str, int]]:
+    """(instance, array, array name, batch) for each of `ti_ids`."""
+    if not ti_ids:
+        return []
+    stmt = (
+        select(TI.c.id, TI.c.array_id, ARRAY.c.name, TI.c.array_batch_num)
+        .join(ARRAY, ARRAY.c.id == TI.c.array_id)
+        .where(id_in(TI.c.id, ti_ids, dialect(session)))
+    )
+    return [tuple(r) for r in (await session.execute(stmt)).all()]  # type: ignore[misc]
+
+
+async def cluster(session: AsyncSession, name: str) -> tuple[int, str, str, str | None] | None:
+    """A cluster by name."""
+    row = (await session.execute(
+        text("SELECT id, name, cluster_type_name, connection_parameters FROM cluster "
+             "WHERE name = :name"), {"name": name},
+    )).first()
+    return None if row is None else (int(row[0]), row[1], row[2], row[3])
+
+
