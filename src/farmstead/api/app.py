@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
@@ -56,7 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Task-farm state server. `/v3/fsm` and `/api/v3`: worker-node and "
         "distributor routes, wire-compatible with Jobmon. `/v3`: workflows and tasks.",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -3,7 +3,7 @@
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 
 from farmstead.services.errors import (
     BadRequest,
@@ -26,7 +26,7 @@ STATUS: dict[type[FarmsteadError], int] = {
 RETRY_AFTER_SECONDS = "2"
 
 
-async def _domain(request: Request, exc: Exception) -> ORJSONResponse:
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FarmsteadError)
     code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
@@ -35,12 +35,12 @@ async def _domain(request: Request, exc: Exception) -> ORJSONResponse:
     body = {"detail": exc.message, "error": type(exc).__name__, **exc.details}
     if code == 503:
         body.pop("error_detail", None)
-    return ORJSONResponse(body, status_code=code, headers=headers)
+    return JSONResponse(body, status_code=code, headers=headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error for %s %s", request.method, request.url.path)
-    return ORJSONResponse(
+    return JSONResponse(
         {"detail": "internal error; the server log has the details", "error": "InternalError"},
         status_code=500,
     )

@@ -3,7 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 
 from farmstead.api.deps import DatabaseDep
 from farmstead.fsm import tables_as_json
@@ -24,7 +24,7 @@ async def ready(db: DatabaseDep) -> Any:
     ok, detail = await readiness(db)
     if ok:
         return {"status": "ready", **detail}
-    return ORJSONResponse({"status": "not ready", **detail}, status_code=503,
+    return JSONResponse({"status": "not ready", **detail}, status_code=503,
                           headers={"Retry-After": "5"})
 
 
