@@ -112,6 +112,7 @@ def upgrade() -> None:
         sa.Column("status_date", farmstead.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("num_attempts", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("attempts_base", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("priority", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column(
             "resources",

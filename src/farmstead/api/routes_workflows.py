@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from farmstead.api.deps import DatabaseDep, SettingsDep
 from farmstead.schemas import (
+    ActionOut,
     EventsOut,
     TaskDetailOut,
     TasksOut,
@@ -13,7 +14,7 @@ from farmstead.schemas import (
     WorkflowOut,
     WorkflowsOut,
 )
-from farmstead.services import workflows
+from farmstead.services import actions, workflows
 
 router = APIRouter(tags=["workflows"])
 
@@ -70,3 +71,19 @@ async def list_events(
 async def get_task(db: DatabaseDep, task_id: int) -> Any:
     """A task with its instance history and error log."""
     return await workflows.task_detail(db, task_id)
+
+
+@router.post("/workflows/{workflow_id}/cancel", response_model=ActionOut)
+async def cancel_workflow(db: DatabaseDep, workflow_id: int) -> Any:
+    """Cancel: queued work → ERROR_FATAL, running work → KILL_SELF (told at its next heartbeat)."""
+    return await actions.cancel(db, workflow_id)
+
+
+@router.post("/workflows/{workflow_id}/resume", response_model=ActionOut)
+async def resume_workflow(
+    db: DatabaseDep,
+    workflow_id: int,
+    all: Annotated[bool, Query(description="also give unfinished tasks fresh tries")] = False,
+) -> Any:
+    """Resume: ERROR_FATAL tasks get fresh tries and new instances; DONE tasks are left alone."""
+    return await actions.resume(db, workflow_id, everything=all)

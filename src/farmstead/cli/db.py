@@ -4,10 +4,13 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from farmstead.cli.common import err, fail, load_settings
 from farmstead.db.engine import make_database
 from farmstead.db.migrate import current_revision, head_revision, upgrade
+from farmstead.services.check import Finding, check
 
 app = typer.Typer(help="Migrate and inspect the database.", no_args_is_help=True)
 UrlOpt = Annotated[
@@ -47,3 +50,32 @@ def current_cmd(database_url: UrlOpt = None) -> None:
     typer.echo(f"head:    {head}")
     if current != head:
         raise typer.Exit(1)
+
+
+@app.command("check")
+def check_cmd(database_url: UrlOpt = None) -> None:
+    """Check every invariant (task/instance pairs, attempts, events); exit 1 if any breaks."""
+    settings = load_settings(database_url=database_url)
+
+    async def run() -> list[Finding]:
+        db = make_database(settings.database_url)
+        try:
+            return await check(db)
+        finally:
+            await db.dispose()
+
+    try:
+        findings = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001
+        fail(f"cannot read the database: {exc}")
+    table = Table("check", "rows", "meaning", "first ids")
+    for f in findings:
+        style = "red" if f.count else "green"
+        table.add_row(f.name, f"[{style}]{f.count}[/]", f.meaning,
+                      ", ".join(map(str, f.sample)))
+    Console().print(table)
+    broken = sum(f.count for f in findings)
+    if broken:
+        err.print(f"[red]{broken} rows break the invariants[/]")
+        raise typer.Exit(1)
+    err.print("[green]consistent[/]")

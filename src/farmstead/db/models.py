@@ -60,8 +60,12 @@ class Task(Base):
     command: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(1))
     status_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: instances created so far (every try, across resumes)
     num_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: tries allowed per run; tries used = num_attempts - attempts_base
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    #: num_attempts when an operator last resumed the task (fresh tries start from here)
+    attempts_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     resource_scales: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)

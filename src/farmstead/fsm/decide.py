@@ -71,7 +71,7 @@ class Invalid:
 Decision = Apply | Same | Untimely | Invalid
 
 
-def _task_path(start: TaskStatus, goal: TaskStatus) -> tuple[TaskStatus, ...] | None:
+def task_path(start: TaskStatus, goal: TaskStatus) -> tuple[TaskStatus, ...] | None:
     """Shortest walk through the task table from `start` to `goal` (excluding `start`)."""
     if start == goal:
         return ()
@@ -98,8 +98,8 @@ def decide(
 ) -> Decision:
     """Decide what `requested` does to an instance in `ti` whose task is in `task`.
 
-    `num_attempts` counts the task's instances so far (this one included); `max_attempts` is
-    how many tries the task may have in all.
+    `num_attempts` counts the task's tries so far (this one included) since an operator last
+    resumed it; `max_attempts` is how many tries it may have.
     """
     asked = requested
     requested = TI_REWRITES.get((ti, requested), requested)
@@ -126,7 +126,7 @@ def decide(
         return Apply(ti, requested, task, requested=asked)
 
     if requested in _TASK_FOLLOWS:
-        path = _task_path(task, _TASK_FOLLOWS[requested])
+        path = task_path(task, _TASK_FOLLOWS[requested])
         if path is None:
             if ti == TI.KILL_SELF:  # a stopped instance may always finish
                 return Apply(ti, requested, task, requested=asked)
@@ -134,7 +134,7 @@ def decide(
         return Apply(ti, requested, task, path, requested=asked)
 
     if requested in ERROR_TI or requested == TI.ERROR_FATAL:
-        to_error = _task_path(task, T.ERROR_RECOVERABLE)
+        to_error = task_path(task, T.ERROR_RECOVERABLE)
         if to_error is None:
             return Invalid(ti, asked)
         if requested == TI.ERROR_FATAL or num_attempts >= max_attempts:

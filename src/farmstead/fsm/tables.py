@@ -132,3 +132,19 @@ def tables_as_json() -> dict[str, Any]:
             "valid": {s.value: sorted(d.value for d in TASK_VALID[s]) for s in TaskStatus},
         },
     }
+
+
+#: (live instance status, task status) pairs a consistent database can hold. Anything else
+#: means a transition moved one row without the other.
+CONSISTENT_LIVE_PAIRS: frozenset[tuple[TIStatus, TaskStatus]] = frozenset({
+    (TI.QUEUED, T.QUEUED),
+    (TI.INSTANTIATED, T.INSTANTIATING),
+    (TI.LAUNCHED, T.LAUNCHED),
+    (TI.RUNNING, T.RUNNING),
+    (TI.TRIAGING, T.RUNNING),  # triage is the instance's business; the task still runs
+    (TI.NO_HEARTBEAT, T.LAUNCHED),
+    (TI.KILL_SELF, T.QUEUED),  # stopping: the task waits for the instance's last word
+    (TI.KILL_SELF, T.INSTANTIATING),
+    (TI.KILL_SELF, T.LAUNCHED),
+    (TI.KILL_SELF, T.RUNNING),
+})

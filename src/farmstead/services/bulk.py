@@ -54,21 +54,24 @@ async def apply_bulk(
     fields: dict[str, Any] | None = None,
     report_increment: float | None = None,
     error: str | None = None,
+    errors: dict[int, str] | None = None,
     details: dict[str, Any] | None = None,
 ) -> BulkResult:
-    """Apply `requested` to every locked candidate the decision function allows."""
+    """Apply `requested` to every locked candidate the decision function allows.
+
+    `error` describes the move for every instance; `errors` per instance id. An error-log row
+    is written only for instances that actually move to an error status.
+    """
     result = BulkResult()
     groups: dict[Apply, list[Candidate]] = defaultdict(list)
     for c in candidates:
-        d = _decide(c.ti_status, c.task_status, requested, c.num_attempts, c.max_attempts)
+        d = _decide(c.ti_status, c.task_status, requested, c.tries, c.max_attempts)
         if isinstance(d, Apply):
             groups[d].append(c)
         else:
             result.skipped += 1
     events: list[EventRow] = []
     info = dict(details or {})
-    if error:
-        info["error"] = error[:2000]
     for move, members in groups.items():
         ids = [c.ti_id for c in members]
         values = dict(fields or {})
@@ -76,12 +79,17 @@ async def apply_bulk(
             values["report_by_date"] = seconds_from_now(report_increment)
         await store.set_instances(session, ids, move.ti_to.value, values)
         note = {**info, "requested": requested.value} if requested != move.ti_to else info
-        events += [EventRow(c.workflow_id, "task_instance", c.ti_id, move.ti_from.value,
-                            move.ti_to.value, note or None) for c in members]
-        if error and move.ti_to.value in ERROR_LOGGED:
-            await store.add_error_logs(session, ids, error)
+        why = {c.ti_id: (errors or {}).get(c.ti_id) or error for c in members}
+        for c in members:
+            text = why[c.ti_id]
+            events.append(EventRow(
+                c.workflow_id, "task_instance", c.ti_id, move.ti_from.value, move.ti_to.value,
+                ({**note, "error": text[:2000]} if text else note) or None,
+            ))
+        if move.ti_to.value in ERROR_LOGGED:
+            await store.add_error_logs(session, {i: t for i, t in why.items() if t})
         if move.task_path:
-            await _move_tasks(session, move, members, error, events)
+            await _move_tasks(session, move, members, error or next(iter(why.values())), events)
         if move.retry:
             result.retried += await _queue_retries(session, move.adjust, members, events)
         result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)

@@ -1,11 +1,13 @@
 """Start-up checks and the background loops the app runs in its lifespan."""
 
 import asyncio
+import fcntl
 import logging
-from typing import Any
+from typing import IO, Any
 
 from farmstead.db.engine import Database
 from farmstead.db.migrate import current_revision, head_revision
+from farmstead.services.reconciler import Reconciler
 from farmstead.settings import Settings
 
 log = logging.getLogger("farmstead")
@@ -37,6 +39,20 @@ async def readiness(db: Database) -> tuple[bool, dict[str, Any]]:
     return current == head, {"database": "reachable", "revision": current, "head": head}
 
 
+def _sqlite_leader(db: Database) -> IO[bytes] | None:
+    """On SQLite one process reconciles: the one holding an exclusive lock on a side file."""
+    database = db.write_engine.url.database
+    if not database or database == ":memory:":
+        return None
+    handle = open(f"{database}.reconciler.lock", "ab")  # noqa: SIM115 - held for the process life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 class Background:
     """The loops a server process runs beside its routes (reconciler, local executor)."""
 
@@ -45,9 +61,18 @@ class Background:
         self.settings = settings
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self._leader_lock: IO[bytes] | None = None
 
     def start(self) -> None:
         """Start every enabled loop."""
+        if self.settings.reconciler_enabled:
+            if self.db.is_sqlite:
+                self._leader_lock = _sqlite_leader(self.db)
+            if not self.db.is_sqlite or self._leader_lock is not None:
+                loop = Reconciler(self.db, self.settings).run(self.stop_event)
+                self.tasks.append(asyncio.create_task(loop, name="reconciler"))
+            else:
+                log.info("another server process reconciles this SQLite database")
 
     async def stop(self) -> None:
         """Stop every loop at once and wait for it."""
@@ -55,3 +80,5 @@ class Background:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._leader_lock is not None:
+            self._leader_lock.close()

@@ -60,8 +60,7 @@ async def transition_in(
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
     task = await store.lock_task(session, ti.task_id)
     decision = decide(
-        TIStatus(ti.status), TaskStatus(task.status), requested, task.num_attempts,
-        task.max_attempts,
+        TIStatus(ti.status), TaskStatus(task.status), requested, task.tries, task.max_attempts,
     )
     match decision:
         case Same(status):
@@ -75,8 +74,9 @@ async def transition_in(
                 task_instance_id=ti_id, status=status.value, requested=asked.value,
             )
     candidate = Candidate(
-        ti.id, ti.status, task.id, task.status, task.num_attempts, task.max_attempts,
+        ti.id, ti.status, task.id, task.status, task.tries, task.max_attempts,
         task.workflow_id, ti.array_id, ti.resources, task.resource_scales, task.retry_delay,
+        None,
     )
     result = await apply_bulk(
         session, [candidate], requested, fields=fields, report_increment=report_increment,

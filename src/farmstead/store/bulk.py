@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
@@ -23,21 +24,23 @@ class Candidate:
     ti_status: str
     task_id: int
     task_status: str
-    num_attempts: int
+    tries: int  # tries used since the last resume (the retry policy counts these)
     max_attempts: int
     workflow_id: int
     array_id: int
     resources: dict[str, Any] | None
     resource_scales: dict[str, float] | None
     retry_delay: float
+    report_by_date: datetime | None
 
 
 def _candidates(where: ColumnElement[bool], limit: int | None, skip_locked: bool) -> Any:
     stmt = (
         select(
-            TI.c.id, TI.c.status, TASK.c.id, TASK.c.status, TASK.c.num_attempts,
+            TI.c.id, TI.c.status, TASK.c.id, TASK.c.status,
+            (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
             TASK.c.max_attempts, TI.c.workflow_id, TI.c.array_id, TI.c.resources,
-            TASK.c.resource_scales, WORKFLOW.c.retry_delay,
+            TASK.c.resource_scales, WORKFLOW.c.retry_delay, TI.c.report_by_date,
         )
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
@@ -87,6 +90,12 @@ def deadline_passed(status: str) -> Any:
     return and_(TI.c.status == status, TI.c.report_by_date <= db_now())
 
 
+def launched_silent(min_age: float) -> Any:
+    """LAUNCHED instances past their deadline that were launched at least `min_age` ago."""
+    return and_(TI.c.status == "O", TI.c.report_by_date <= db_now(),
+                TI.c.status_date <= seconds_from_now(-min_age))
+
+
 def in_status_for(status: str, seconds: float) -> Any:
     """Instances that have been in `status` for at least `seconds` (database clock)."""
     return and_(TI.c.status == status, TI.c.status_date <= seconds_from_now(-seconds))
@@ -122,12 +131,12 @@ async def set_tasks(
     await session.execute(stmt)
 
 
-async def add_error_logs(session: AsyncSession, ids: Sequence[int], description: str) -> None:
-    """One error-log row per instance, same description."""
-    if ids:
+async def add_error_logs(session: AsyncSession, descriptions: dict[int, str]) -> None:
+    """One error-log row per instance: {task_instance_id: description}."""
+    if descriptions:
         await session.execute(
             ERRLOG.insert().values(error_time=db_now()),
-            [{"task_instance_id": i, "description": description} for i in ids],
+            [{"task_instance_id": i, "description": d} for i, d in descriptions.items()],
         )
 
 

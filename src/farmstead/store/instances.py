@@ -32,7 +32,8 @@ async def lock_task(session: AsyncSession, task_id: int) -> TaskRow:
     stmt = (
         select(
             TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.name, TASK.c.command,
-            TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts, TASK.c.resources,
+            TASK.c.status, (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
+            TASK.c.max_attempts, TASK.c.resources,
             TASK.c.resource_scales, WORKFLOW.c.retry_delay,
         )
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)

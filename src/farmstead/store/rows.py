@@ -27,7 +27,7 @@ class TaskRow:
     name: str
     command: str
     status: str
-    num_attempts: int
+    tries: int  # tries used since the last resume
     max_attempts: int
     resources: dict[str, Any] | None
     resource_scales: dict[str, float] | None

@@ -1,0 +1,81 @@
+"""Operator actions on a workflow: cancel and resume. Both idempotent, both answer counts."""
+
+from collections import Counter
+from typing import Any
+
+from farmstead.db.engine import Database
+from farmstead.fsm import TaskStatus, TIStatus, task_path
+from farmstead.services.bulk import BulkResult, apply_bulk
+from farmstead.services.errors import NotFound
+from farmstead.services.uow import unit_of_work
+from farmstead.store import actions as store
+from farmstead.store import bulk as bulk_store
+from farmstead.store import workflows as wf_store
+from farmstead.store.rows import EventRow
+from farmstead.store.sql import insert_events
+
+CHUNK = 5000
+T = TaskStatus
+
+
+async def _require(db: Database, workflow_id: int) -> None:
+    async with unit_of_work(db, write=False) as session:
+        if await wf_store.workflow_row(session, workflow_id) is None:
+            raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
+
+
+async def cancel(db: Database, workflow_id: int) -> dict[str, Any]:
+    """Queued and instantiated instances → ERROR_FATAL; launched and running → KILL_SELF."""
+    await _require(db, workflow_id)
+    total = BulkResult()
+    for statuses, to in ((["Q", "I", "X"], TIStatus.ERROR_FATAL),
+                         (["O", "R", "T"], TIStatus.KILL_SELF)):
+        while True:
+            async with unit_of_work(db) as session:
+                cands = await bulk_store.lock_candidates(
+                    session, bulk_store.of_workflow(workflow_id, statuses), limit=CHUNK
+                )
+                moved = await apply_bulk(session, cands, to, error="cancelled by an operator",
+                                         details={"by": "operator", "action": "cancel"})
+                if moved.total:
+                    await wf_store.record_event(session, workflow_id, "R",
+                                                {"action": "cancel", "moved": moved.moved})
+            total.add(moved)
+            if len(cands) < CHUNK or not moved.total:
+                break
+    return {"workflow_id": workflow_id, "changed": total.moved, "total": total.total}
+
+
+async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, Any]:
+    """ERROR_FATAL tasks get fresh tries and a new QUEUED instance; DONE tasks stay DONE.
+
+    With `everything`, unfinished tasks that still have a live instance get fresh tries too.
+    """
+    await _require(db, workflow_id)
+    path = task_path(T.ERROR_FATAL, T.QUEUED)
+    assert path is not None, "the task table must let an operator resume ERROR_FATAL"
+    changed: Counter[str] = Counter()
+    while True:
+        async with unit_of_work(db) as session:
+            tasks = await store.lock_failed_tasks(session, workflow_id, CHUNK)
+            if tasks:
+                await store.requeue_tasks(session, [t.id for t in tasks])
+                ids = await store.queue_first_instances(session, tasks)
+                events = [EventRow(workflow_id, "task", t.id, prev.value, nxt.value,
+                                   {"by": "operator", "action": "resume"})
+                          for t in tasks for prev, nxt in zip((T.ERROR_FATAL, *path[:-1]),
+                                                              path, strict=True)]
+                events += [EventRow(workflow_id, "task_instance", i, None, "Q",
+                                    {"by": "operator", "action": "resume"}) for i in ids]
+                await insert_events(session, events)
+                changed["resumed"] += len(tasks)
+        if len(tasks) < CHUNK:
+            break
+    if everything:
+        async with unit_of_work(db) as session:
+            changed["refreshed"] += await store.refresh_tries(session, workflow_id)
+    if changed:
+        async with unit_of_work(db) as session:
+            await wf_store.record_event(session, workflow_id, "R",
+                                        {"action": "resume", "changed": dict(changed)})
+    return {"workflow_id": workflow_id, "changed": dict(changed), "total": sum(changed.values())}

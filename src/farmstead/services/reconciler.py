@@ -1,0 +1,116 @@
+"""The reconciler: expires instances whose deadline passed, so work moves with no client alive.
+
+Each rule is one set-based sweep: lock a chunk of expired candidates (SKIP LOCKED on
+PostgreSQL, so several server processes can sweep side by side), move them with the one
+decision function, write their events, commit, repeat. The cost follows the expired rows.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from farmstead.db.engine import Database
+from farmstead.fsm import TIStatus
+from farmstead.services.bulk import BulkResult, apply_bulk
+from farmstead.services.uow import unit_of_work
+from farmstead.settings import Settings
+from farmstead.store import bulk as store
+from farmstead.store.bulk import Candidate
+
+log = logging.getLogger("farmstead.reconciler")
+TI = TIStatus
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One sweep: instances matching `where` go to `to` (then `then`, if given)."""
+
+    name: str
+    where: Callable[[Settings], Any]
+    to: TIStatus
+    error: Callable[[Candidate, Settings], str] | None = None
+    then: TIStatus | None = None
+
+
+def _since(c: Candidate) -> str:
+    return c.report_by_date.isoformat() if c.report_by_date else "its launch"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("running past deadline", lambda s: store.deadline_passed("R"), TI.TRIAGING),
+    Rule(
+        "triage grace over", lambda s: store.in_status_for("T", s.triage_grace),
+        TI.UNKNOWN_ERROR, lambda c, s: f"no heartbeat since {_since(c)}",
+    ),
+    Rule(
+        "launched, never reported",
+        lambda s: store.launched_silent(s.no_heartbeat_min_age),
+        TI.NO_HEARTBEAT,
+        lambda c, s: f"no report since launch; deadline {_since(c)} passed",
+        then=TI.ERROR,
+    ),
+    Rule(
+        "instantiated, never launched",
+        lambda s: store.in_status_for("I", s.launch_timeout), TI.NO_DISTRIBUTOR_ID,
+        lambda c, s: f"not launched within {s.launch_timeout:g} s of instantiation",
+    ),
+    Rule(
+        "kill_self unanswered", lambda s: store.in_status_for("K", s.kill_self_timeout),
+        TI.ERROR_FATAL, lambda c, s: f"did not stop within {s.kill_self_timeout:g} s",
+    ),
+)
+
+
+class Reconciler:
+    """The background loop; `sweep()` is one pass of every rule."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep every interval until `stop` is set; a crash is logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                result = await self.sweep()
+                if result.total:
+                    log.info("reconciler moved %s", result.moved)
+            except Exception:
+                log.exception("reconciler sweep failed; retrying next interval")
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.reconciler_interval)
+            except TimeoutError:
+                pass
+
+    async def sweep(self) -> BulkResult:
+        """Apply every rule until nothing it matches is left."""
+        total = BulkResult()
+        for rule in RULES:
+            while True:
+                moved = await self._chunk(rule)
+                total.add(moved)
+                if moved.total < self.settings.reconciler_chunk:
+                    break
+        return total
+
+    async def _chunk(self, rule: Rule) -> BulkResult:
+        settings = self.settings
+        async with unit_of_work(self.db) as session:
+            cands = await store.lock_candidates(
+                session, rule.where(settings), limit=settings.reconciler_chunk
+            )
+            if not cands:
+                return BulkResult()
+            errors = None if rule.error is None else {
+                c.ti_id: rule.error(c, settings) for c in cands
+            }
+            result = await apply_bulk(session, cands, rule.to, errors=errors,
+                                      details={"by": "reconciler", "rule": rule.name})
+            if rule.then is not None and result.ids:
+                moved = set(result.ids)
+                nxt = [replace(c, ti_status=rule.to.value) for c in cands if c.ti_id in moved]
+                result.add(await apply_bulk(session, nxt, rule.then, errors=errors,
+                                            details={"by": "reconciler", "rule": rule.name}))
+            return result

@@ -1,0 +1,75 @@
+"""Queries behind operator actions on tasks (resume)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.db.types import db_now
+from farmstead.fsm import LIVE_TI
+from farmstead.store.bulk import insert_queued, next_batches
+from farmstead.store.sql import TASK, TI, dialect, id_in
+
+_LIVE = sorted(s.value for s in LIVE_TI)
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    """A task to resume."""
+
+    id: int
+    workflow_id: int
+    array_id: int
+    resources: dict[str, Any] | None
+
+
+async def lock_failed_tasks(session: AsyncSession, workflow_id: int, limit: int) -> list[FailedTask]:
+    """ERROR_FATAL tasks of a workflow with no live instance left, locked."""
+    live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
+    stmt = (
+        select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources)
+        .where(TASK.c.workflow_id == workflow_id, TASK.c.status == "F", ~live)
+        .order_by(TASK.c.id).limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [FailedTask(*r) for r in (await session.execute(stmt)).all()]
+
+
+async def requeue_tasks(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Fresh tries: QUEUED, attempts counted from now, one more instance on the way."""
+    await session.execute(
+        update(TASK).where(id_in(TASK.c.id, ids, dialect(session)))
+        .values(status="Q", status_date=db_now(), attempts_base=TASK.c.num_attempts,
+                num_attempts=TASK.c.num_attempts + 1, time_finished=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTask]) -> list[int]:
+    """A new QUEUED instance per task, each in a new batch of its array."""
+    by_array: dict[int, list[FailedTask]] = {}
+    for t in tasks:
+        by_array.setdefault(t.array_id, []).append(t)
+    ids: list[int] = []
+    for array_id, members in by_array.items():
+        first = await next_batches(session, array_id, len(members))
+        ids += await insert_queued(session, [
+            {"task_id": t.id, "workflow_id": t.workflow_id, "array_id": array_id,
+             "array_batch_num": first + k, "array_step_id": 0, "resources": t.resources}
+            for k, t in enumerate(members)
+        ])
+    return ids
+
+
+async def refresh_tries(session: AsyncSession, workflow_id: int) -> int:
+    """Unfinished tasks with a live instance: their tries count again from that instance."""
+    stmt = (
+        update(TASK)
+        .where(TASK.c.workflow_id == workflow_id, TASK.c.status.not_in(("D", "F")),
+               TASK.c.attempts_base < TASK.c.num_attempts - 1)
+        .values(attempts_base=TASK.c.num_attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]

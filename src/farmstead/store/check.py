@@ -1,0 +1,74 @@
+"""Invariant queries: each returns the ids of rows that break one rule (any database)."""
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from farmstead.fsm import CONSISTENT_LIVE_PAIRS, LIVE_TI
+
+_LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
+_PAIRS = " OR ".join(
+    f"(ti.status = '{a.value}' AND t.status = '{b.value}')" for a, b in sorted(CONSISTENT_LIVE_PAIRS)
+)
+
+#: name -> (what it means, SQL selecting offending ids)
+CHECKS: dict[str, tuple[str, str]] = {
+    "two_live_instances": (
+        "a task with more than one live instance",
+        f"SELECT task_id FROM task_instance WHERE status IN ({_LIVE}) "
+        "GROUP BY task_id HAVING count(*) > 1",
+    ),
+    "attempts_mismatch": (
+        "a task whose num_attempts differs from its number of instances",
+        "SELECT t.id FROM task t LEFT JOIN (SELECT task_id, count(*) AS n FROM task_instance "
+        "GROUP BY task_id) c ON c.task_id = t.id WHERE coalesce(c.n, 0) != t.num_attempts",
+    ),
+    "settled_task_with_live_instance": (
+        "a DONE or ERROR_FATAL task with a live instance",
+        f"SELECT DISTINCT t.id FROM task t JOIN task_instance ti ON ti.task_id = t.id "
+        f"WHERE t.status IN ('D', 'F') AND ti.status IN ({_LIVE})",
+    ),
+    "unsettled_task_without_instance": (
+        "an unfinished task with no live instance (nothing will ever move it)",
+        f"SELECT t.id FROM task t WHERE t.status NOT IN ('D', 'F') AND NOT EXISTS ("
+        f"SELECT 1 FROM task_instance ti WHERE ti.task_id = t.id AND ti.status IN ({_LIVE}))",
+    ),
+    "pair_mismatch": (
+        "a live instance whose status does not fit its task's",
+        f"SELECT ti.id FROM task_instance ti JOIN task t ON t.id = ti.task_id "
+        f"WHERE ti.status IN ({_LIVE}) AND NOT ({_PAIRS})",
+    ),
+    "done_without_one_done_instance": (
+        "a DONE task without exactly one DONE instance, or a DONE instance of another task",
+        "SELECT t.id FROM task t LEFT JOIN (SELECT task_id, count(*) AS n FROM task_instance "
+        "WHERE status = 'D' GROUP BY task_id) d ON d.task_id = t.id "
+        "WHERE (t.status = 'D') != (coalesce(d.n, 0) = 1) OR coalesce(d.n, 0) > 1",
+    ),
+    "instance_event_mismatch": (
+        "an instance whose last event does not end in its status (or a moved one with none)",
+        "SELECT ti.id FROM task_instance ti LEFT JOIN (SELECT entity_id, max(id) AS mid "
+        "FROM event WHERE entity = 'task_instance' GROUP BY entity_id) e ON e.entity_id = ti.id "
+        "LEFT JOIN event ev ON ev.id = e.mid "
+        "WHERE (ev.id IS NULL AND ti.status != 'Q') OR (ev.id IS NOT NULL AND ev.to_status != ti.status)",
+    ),
+    "task_event_mismatch": (
+        "a task whose last event does not end in its status (or a moved one with none)",
+        "SELECT t.id FROM task t LEFT JOIN (SELECT entity_id, max(id) AS mid FROM event "
+        "WHERE entity = 'task' GROUP BY entity_id) e ON e.entity_id = t.id "
+        "LEFT JOIN event ev ON ev.id = e.mid "
+        "WHERE (ev.id IS NULL AND t.status != 'Q') OR (ev.id IS NOT NULL AND ev.to_status != t.status)",
+    ),
+    "broken_event_chain": (
+        "an event whose from-status is not the previous event's to-status",
+        "SELECT id FROM (SELECT id, from_status, LAG(to_status) OVER (PARTITION BY entity, "
+        "entity_id ORDER BY id) AS prev FROM event WHERE entity IN ('task', 'task_instance')) c "
+        "WHERE prev IS NOT NULL AND (from_status IS NULL OR from_status != prev)",
+    ),
+}
+
+
+async def run_check(session: AsyncSession, name: str, sample: int = 20) -> tuple[int, list[int]]:
+    """How many rows break check `name`, and the first `sample` of their ids."""
+    sql = CHECKS[name][1]
+    count = (await session.execute(text(f"SELECT count(*) FROM ({sql}) x"))).scalar_one()
+    ids = (await session.execute(text(f"SELECT * FROM ({sql}) x LIMIT {int(sample)}"))).scalars()
+    return int(count), [int(i) for i in ids]
