@@ -100,6 +100,30 @@ class LogRunningOut(BaseModel):
         description="[id, status, workflow_run_id, task_id, name, command, workflow_id, "
         "stdout_dir, stderr_dir]"
     )
+    # farmstead's additions (Jobmon's worker reads only task_instance):
+    heartbeat_interval: float | None = Field(None, description="seconds between heartbeats")
+    report_increment: float | None = Field(None, description="next_report_increment to send")
+    resources: dict[str, Any] | None = Field(None, description="this instance's resources")
+
+
+class ClaimRequest(Strict):
+    """Ask for up to `limit` QUEUED instances to run; they come back INSTANTIATED."""
+
+    limit: int = Field(1, ge=1, le=10_000)
+    workflow_id: int | None = None
+
+
+class Claimed(BaseModel):
+    task_instance_id: int
+    task_id: int
+    workflow_id: int
+    array_id: int
+    array_batch_num: int
+    array_step_id: int
+
+
+class ClaimsOut(BaseModel):
+    data: list[Claimed]
 
 
 class StatusOut(BaseModel):

@@ -1,5 +1,7 @@
 """Settings, read once from the environment (prefix FARMSTEAD_) and passed down."""
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +40,8 @@ class Settings(BaseSettings):
     #: seconds a KILL_SELF instance has to report before it is declared ERROR_FATAL
     kill_self_timeout: float = Field(120.0, gt=0)
     local_workers: int = Field(0, ge=0, le=1024)
+    #: how the local executor runs instances: in this process, or one worker process each
+    local_mode: Literal["coroutine", "subprocess"] = "coroutine"
     log_level: str = "info"
 
     @field_validator("database_url")

@@ -1,6 +1,8 @@
 """The FastAPI application: routers, lifespan (schema check, background loops), docs offline."""
 
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +16,8 @@ from farmstead.api import errors
 from farmstead.api.routes_fsm import router as fsm_router
 from farmstead.api.routes_meta import router as meta_router
 from farmstead.api.routes_workflows import router as workflows_router
+from farmstead.client.executor import LocalExecutor
+from farmstead.client.runner import RunnerConfig
 from farmstead.db.engine import make_database
 from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
 from farmstead.settings import Settings
@@ -44,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         background = Background(db, settings)
         background.start()
+        if settings.local_workers:
+            lock = os.path.join(tempfile.gettempdir(), f"farmstead-executor-{settings.port}.lock")
+            background.add("local executor", _executor(settings).run, lock_path=lock)
         try:
             yield
         finally:
@@ -66,6 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workflows_router, prefix="/v3",
                        generate_unique_id_function=_unique_id("v3"))
     return app
+
+
+def _executor(settings: Settings) -> LocalExecutor:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    config = RunnerConfig(heartbeat_interval=settings.heartbeat_interval,
+                          report_increment=settings.report_increment)
+    return LocalExecutor(f"http://{host}:{settings.port}", settings.local_workers,
+                         settings.local_mode, config)
 
 
 def app_from_env() -> FastAPI:

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Path
 
-from farmstead.api.deps import DatabaseDep
+from farmstead.api.deps import DatabaseDep, SettingsDep
 from farmstead.fsm import TIStatus
 from farmstead.schemas import (
     ArrayBatch,
@@ -49,7 +49,9 @@ def _message(out: Outcome, ok: str) -> str:
 
 
 @router.post("/task_instance/{task_instance_id}/log_running", response_model=LogRunningOut)
-async def log_running(db: DatabaseDep, body: LogRunning, task_instance_id: int = TiId) -> Any:
+async def log_running(
+    db: DatabaseDep, settings: SettingsDep, body: LogRunning, task_instance_id: int = TiId
+) -> Any:
     """A worker started the instance: → RUNNING, with a heartbeat deadline."""
     pgid = None if body.process_group_id is None else str(body.process_group_id)
     out = await transition(
@@ -60,8 +62,13 @@ async def log_running(db: DatabaseDep, body: LogRunning, task_instance_id: int =
     )
     t = out.task
     stdout_dir, stderr_dir = _dirs(t.resources)
-    return {"task_instance": [task_instance_id, out.status.value, t.workflow_id, t.id, t.name,
-                              t.command, t.workflow_id, stdout_dir, stderr_dir]}
+    return {
+        "task_instance": [task_instance_id, out.status.value, t.workflow_id, t.id, t.name,
+                          t.command, t.workflow_id, stdout_dir, stderr_dir],
+        "heartbeat_interval": settings.heartbeat_interval,
+        "report_increment": settings.report_increment,
+        "resources": out.resources,
+    }
 
 
 @router.post("/task_instance/{task_instance_id}/log_report_by", response_model=StatusOut)

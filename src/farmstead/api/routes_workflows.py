@@ -7,6 +7,8 @@ from fastapi import APIRouter, Query
 from farmstead.api.deps import DatabaseDep, SettingsDep
 from farmstead.schemas import (
     ActionOut,
+    ClaimRequest,
+    ClaimsOut,
     EventsOut,
     TaskDetailOut,
     TasksOut,
@@ -14,7 +16,7 @@ from farmstead.schemas import (
     WorkflowOut,
     WorkflowsOut,
 )
-from farmstead.services import actions, workflows
+from farmstead.services import actions, claims, workflows
 
 router = APIRouter(tags=["workflows"])
 
@@ -87,3 +89,9 @@ async def resume_workflow(
 ) -> Any:
     """Resume: ERROR_FATAL tasks get fresh tries and new instances; DONE tasks are left alone."""
     return await actions.resume(db, workflow_id, everything=all)
+
+
+@router.post("/claims", response_model=ClaimsOut)
+async def create_claims(db: DatabaseDep, body: ClaimRequest) -> Any:
+    """Take up to `limit` QUEUED instances to run (they become INSTANTIATED), by priority."""
+    return {"data": await claims.claim(db, body.limit, body.workflow_id)}

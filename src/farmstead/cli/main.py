@@ -2,7 +2,7 @@
 
 import typer
 
-from farmstead.cli import db, serve
+from farmstead.cli import db, serve, worker, workflows
 
 app = typer.Typer(
     name="farmstead",
@@ -12,7 +12,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("serve")(serve.serve)
+app.command("submit")(workflows.submit)
+app.command("status")(workflows.status)
 app.add_typer(db.app, name="db")
+app.add_typer(worker.app, name="worker")
 
 if __name__ == "__main__":
     app()

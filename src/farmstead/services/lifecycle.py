@@ -3,6 +3,7 @@
 import asyncio
 import fcntl
 import logging
+from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
 from farmstead.db.engine import Database
@@ -39,12 +40,9 @@ async def readiness(db: Database) -> tuple[bool, dict[str, Any]]:
     return current == head, {"database": "reachable", "revision": current, "head": head}
 
 
-def _sqlite_leader(db: Database) -> IO[bytes] | None:
-    """On SQLite one process reconciles: the one holding an exclusive lock on a side file."""
-    database = db.write_engine.url.database
-    if not database or database == ":memory:":
-        return None
-    handle = open(f"{database}.reconciler.lock", "ab")  # noqa: SIM115 - held for the process life
+def leader_lock(path: str) -> IO[bytes] | None:
+    """An exclusive lock on `path` if no other process holds it (held until closed)."""
+    handle = open(path, "ab")  # noqa: SIM115 - held for the life of the process
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -62,17 +60,32 @@ class Background:
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self._leader_lock: IO[bytes] | None = None
+        self._locks: list[IO[bytes]] = []
 
     def start(self) -> None:
         """Start every enabled loop."""
         if self.settings.reconciler_enabled:
-            if self.db.is_sqlite:
-                self._leader_lock = _sqlite_leader(self.db)
+            database = self.db.write_engine.url.database
+            if self.db.is_sqlite and database and database != ":memory:":
+                # On SQLite one process reconciles: the one holding a lock on a side file.
+                self._leader_lock = leader_lock(f"{database}.reconciler.lock")
             if not self.db.is_sqlite or self._leader_lock is not None:
                 loop = Reconciler(self.db, self.settings).run(self.stop_event)
                 self.tasks.append(asyncio.create_task(loop, name="reconciler"))
             else:
                 log.info("another server process reconciles this SQLite database")
+
+    def add(self, name: str, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+            lock_path: str | None = None) -> None:
+        """Run another loop beside the others; with `lock_path`, only in the process that
+        holds that lock (one of several server processes)."""
+        if lock_path is not None:
+            handle = leader_lock(lock_path)
+            if handle is None:
+                log.info("another server process runs the %s", name)
+                return
+            self._locks.append(handle)
+        self.tasks.append(asyncio.create_task(loop(self.stop_event), name=name))
 
     async def stop(self) -> None:
         """Stop every loop at once and wait for it."""
@@ -80,5 +93,6 @@ class Background:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self._leader_lock is not None:
-            self._leader_lock.close()
+        for handle in [self._leader_lock, *self._locks]:
+            if handle is not None:
+                handle.close()

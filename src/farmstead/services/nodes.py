@@ -105,7 +105,7 @@ async def instantiate(db: Database, ids: Sequence[int]) -> list[list[Any]]:
             moved += (await apply_bulk(session, cands, TIStatus.INSTANTIATED)).ids
         rows = await wf_store.batch_keys(session, moved)
     batches: dict[tuple[int, str, int], list[int]] = defaultdict(list)
-    for ti_id, array_id, array_name, batch in rows:
+    for ti_id, array_id, array_name, batch, _step in rows:
         batches[(array_id, array_name, batch)].append(ti_id)
     return [[a, name, b, None, sorted(tis)] for (a, name, b), tis in sorted(batches.items())]
 

@@ -24,6 +24,7 @@ class Outcome:
     untimely: bool
     task: TaskRow
     retry_instance_id: int | None = None
+    resources: dict[str, Any] | None = None  # the instance's own (scaled after retries)
 
 
 async def transition(
@@ -64,9 +65,11 @@ async def transition_in(
     )
     match decision:
         case Same(status):
-            return Outcome(status, applied=False, untimely=False, task=task)
+            return Outcome(status, applied=False, untimely=False, task=task,
+                           resources=ti.resources)
         case Untimely(status):
-            return Outcome(status, applied=False, untimely=True, task=task)
+            return Outcome(status, applied=False, untimely=True, task=task,
+                           resources=ti.resources)
         case Invalid(status, asked):
             raise InvalidTransition(
                 f"task instance {ti_id} cannot go from {status.name} ({status.value}) "
@@ -83,6 +86,7 @@ async def transition_in(
         error=error, details=details,
     )
     return Outcome(decision.ti_to, applied=True, untimely=False, task=task,
-                   retry_instance_id=result.retried[0] if result.retried else None)
+                   retry_instance_id=result.retried[0] if result.retried else None,
+                   resources=ti.resources)
 
 

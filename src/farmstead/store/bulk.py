@@ -34,7 +34,9 @@ class Candidate:
     report_by_date: datetime | None
 
 
-def _candidates(where: ColumnElement[bool], limit: int | None, skip_locked: bool) -> Any:
+def _candidates(
+    where: ColumnElement[bool], limit: int | None, skip_locked: bool, by_priority: bool
+) -> Any:
     stmt = (
         select(
             TI.c.id, TI.c.status, TASK.c.id, TASK.c.status,
@@ -45,7 +47,7 @@ def _candidates(where: ColumnElement[bool], limit: int | None, skip_locked: bool
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
         .where(where)
-        .order_by(TI.c.id)
+        .order_by(*((TASK.c.priority.desc(),) if by_priority else ()), TI.c.id)
         .with_for_update(of=[TI, TASK], skip_locked=skip_locked)
     )
     return stmt.limit(limit) if limit else stmt
@@ -53,10 +55,10 @@ def _candidates(where: ColumnElement[bool], limit: int | None, skip_locked: bool
 
 async def lock_candidates(
     session: AsyncSession, where: ColumnElement[bool], limit: int | None = None,
-    skip_locked: bool = True,
+    skip_locked: bool = True, by_priority: bool = False,
 ) -> list[Candidate]:
     """Lock and read the instances matching `where`, with their tasks."""
-    rows = (await session.execute(_candidates(where, limit, skip_locked))).all()
+    rows = (await session.execute(_candidates(where, limit, skip_locked, by_priority))).all()
     return [Candidate(*r) for r in rows]
 
 

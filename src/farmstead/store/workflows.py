@@ -191,12 +191,14 @@ async def events_of(
     return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
 
 
-async def batch_keys(session: AsyncSession, ti_ids: Sequence[int]) -> list[tuple[int, int, str, int]]:
-    """(instance, array, array name, batch) for each of `ti_ids`."""
+async def batch_keys(
+    session: AsyncSession, ti_ids: Sequence[int]
+) -> list[tuple[int, int, str, int, int]]:
+    """(instance, array, array name, batch, step) for each of `ti_ids`."""
     if not ti_ids:
         return []
     stmt = (
-        select(TI.c.id, TI.c.array_id, ARRAY.c.name, TI.c.array_batch_num)
+        select(TI.c.id, TI.c.array_id, ARRAY.c.name, TI.c.array_batch_num, TI.c.array_step_id)
         .join(ARRAY, ARRAY.c.id == TI.c.array_id)
         .where(id_in(TI.c.id, ti_ids, dialect(session)))
     )

@@ -1,0 +1,128 @@
+"""An async HTTP client of farmstead's worker and distributor routes, retrying what is transient."""
+
+import logging
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger("farmstead.client")
+
+
+class ClientError(Exception):
+    """The server refused the request (a 4xx): retrying will not help."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ServerUnavailable(Exception):
+    """The server could not be reached (or kept answering 5xx) within the retry limit."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code in (423, 429)
+    return False
+
+
+class Api:
+    """Calls to one farmstead server; each retries with backoff until `retry_limit` seconds."""
+
+    def __init__(self, base_url: str, retry_limit: float = 300.0, timeout: float = 30.0,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_limit = retry_limit
+        self.client = client or httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def call(self, method: str, path: str, json: Any = None,
+                   retry_limit: float | None = None) -> Any:
+        """One request; transient failures retried with exponential backoff and jitter."""
+        limit = self.retry_limit if retry_limit is None else retry_limit
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
+            stop=stop_after_delay(limit),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "%s %s failed (%s); retrying", method, path, rs.outcome and rs.outcome.exception()
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    resp = await self.client.request(method, path, json=json)
+                    if resp.status_code >= 500 or resp.status_code in (423, 429):
+                        resp.raise_for_status()
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {exc}") from exc
+        if resp.status_code >= 400:
+            raise ClientError(resp.status_code, _detail(resp))
+        return resp.json()
+
+    # --- worker-node routes -------------------------------------------------------------
+
+    async def log_running(self, ti_id: int, **body: Any) -> dict[str, Any]:
+        return dict(await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_running", body))
+
+    async def heartbeat(self, ti_id: int, increment: float, retry_limit: float) -> str:
+        body = {"next_report_increment": increment}
+        out = await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_report_by", body,
+                              retry_limit=retry_limit)
+        return str(out["status"])
+
+    async def log_done(self, ti_id: int, **body: Any) -> str:
+        out = await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_done", body)
+        return str(out["status"])
+
+    async def log_error(self, ti_id: int, state: str, description: str, **body: Any) -> str:
+        body |= {"error_state": state, "error_description": description}
+        out = await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_error_worker_node", body)
+        return str(out["status"])
+
+    async def array_instance(self, array_id: int, batch: int, step: int) -> int:
+        out = await self.call("GET", f"/v3/fsm/get_array_task_instance_id/{array_id}/{batch}/{step}")
+        return int(out["task_instance_id"])
+
+    # --- distributor routes -------------------------------------------------------------
+
+    async def claim(self, limit: int, workflow_id: int | None = None) -> list[dict[str, Any]]:
+        out = await self.call("POST", "/v3/claims", {"limit": limit, "workflow_id": workflow_id})
+        return list(out["data"])
+
+    async def log_distributor_id(self, ti_id: int, distributor_id: str, increment: float) -> None:
+        await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_distributor_id",
+                        {"distributor_id": distributor_id, "next_report_increment": increment})
+
+    async def log_known_error(self, ti_id: int, state: str, message: str) -> None:
+        await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_known_error",
+                        {"error_state": state, "error_message": message})
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # a validation error: name the fields
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                           for d in detail if isinstance(d, dict))
+    return f"HTTP {resp.status_code}: {detail}"
+
+

@@ -1,0 +1,169 @@
+"""The worker-node runner: one task instance from log_running to its final report.
+
+The same runner serves `farmstead worker run` (one instance per process, e.g. a Slurm array
+element) and the local executor (many instances as coroutines of one process).
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farmstead.client.api import Api, ClientError, ServerUnavailable
+from farmstead.client.process import Command, Exit, Limits
+
+log = logging.getLogger("farmstead.worker")
+
+#: exit codes of the runner itself (otherwise it mirrors the command's)
+EXIT_NOT_RUN = 3  # the instance was not in a runnable state; nothing ran
+EXIT_UNDELIVERED = 75  # the command ran but its report could not be delivered
+
+
+@dataclass
+class RunnerConfig:
+    """How the runner behaves (all in seconds)."""
+
+    heartbeat_interval: float = 30.0
+    report_increment: float = 93.0
+    #: how long a heartbeat is retried before giving up until the next one
+    heartbeat_retry: float = 20.0
+    #: how long a final report is retried while the server is unreachable
+    report_retry: float = 3600.0
+    #: how often resource limits are checked
+    sample_interval: float = 0.5
+    #: after SIGTERM, how long the command has before SIGKILL
+    kill_grace: float = 10.0
+    nodename: str = ""
+
+
+@dataclass
+class Outcome:
+    """What happened to one instance."""
+
+    task_instance_id: int
+    exit_code: int
+    reported: str | None  # the status the server answered to the final report
+    ran: bool
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200] or "task"
+
+
+class Runner:
+    """Runs task instances against one server."""
+
+    def __init__(self, api: Api, config: RunnerConfig | None = None) -> None:
+        self.api = api
+        self.config = config or RunnerConfig()
+        self.nodename = self.config.nodename or socket.getfqdn()
+
+    async def run(self, ti_id: int, distributor_id: str | None = None) -> Outcome:
+        """Run instance `ti_id` to its end and report it. Raises ClientError on a 4xx."""
+        cfg = self.config
+        body: dict[str, Any] = {
+            "process_group_id": str(os.getpid()), "nodename": self.nodename,
+            "next_report_increment": cfg.report_increment,
+        }
+        if distributor_id:
+            body["distributor_id"] = distributor_id
+        answer = await self.api.log_running(ti_id, **body)
+        (_, status, _wfr, task_id, name, command, workflow_id, out_dir, err_dir,
+         ) = answer["task_instance"]
+        if status != "R":
+            log.error("task instance %s is %s, not RUNNING: not running it", ti_id, status)
+            return Outcome(ti_id, EXIT_NOT_RUN, None, ran=False)
+        interval = float(answer.get("heartbeat_interval") or cfg.heartbeat_interval)
+        increment = float(answer.get("report_increment") or cfg.report_increment)
+        env = {**os.environ, "FARMSTEAD_TASK_ID": str(task_id),
+               "FARMSTEAD_TASK_INSTANCE_ID": str(ti_id), "FARMSTEAD_WORKFLOW_ID": str(workflow_id)}
+        stem = f"{_safe(name)}"
+        stdout = Path(out_dir) / f"{stem}.o{ti_id}" if out_dir else None
+        stderr = Path(err_dir) / f"{stem}.e{ti_id}" if err_dir else None
+        cmd = await Command.start(command, env, stdout, stderr)
+        watch = asyncio.create_task(self._watch(ti_id, cmd, Limits.from_resources(
+            answer.get("resources")), interval, increment))
+        try:
+            result = await cmd.wait()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        reported = await self._report(ti_id, cmd, result)
+        code = result.exit_code if reported is not None else EXIT_UNDELIVERED
+        return Outcome(ti_id, code, reported, ran=True)
+
+    async def _watch(self, ti_id: int, cmd: Command, limits: Limits, interval: float,
+                     increment: float) -> None:
+        """Heartbeat at the server's interval; stop the command on KILL_SELF or a limit."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + interval
+        while True:
+            over = cmd.check_limits(limits)
+            if over is not None:
+                await cmd.stop(over[0], over[1], grace=0)
+                return
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + interval
+                try:
+                    status = await self.api.heartbeat(ti_id, increment,
+                                                      self.config.heartbeat_retry)
+                except ServerUnavailable as exc:
+                    log.warning("heartbeat of %s not delivered (%s); the command goes on",
+                                ti_id, exc)
+                    continue
+                if status != "R":
+                    log.warning("server says task instance %s is %s: stopping it", ti_id, status)
+                    await cmd.stop("stop", f"the server answered {status}",
+                                   self.config.kill_grace)
+                    return
+            await asyncio.sleep(min(self.config.sample_interval, max(0.0, next_beat - loop.time())))
+
+    async def _report(self, ti_id: int, cmd: Command, result: Exit) -> str | None:
+        """Deliver the final report (retried for a long while); the server's answer."""
+        fields: dict[str, Any] = {
+            "nodename": self.nodename, "stdout_log": cmd.stdout.text,
+            "stderr_log": cmd.stderr.text, "wallclock": round(result.wallclock, 3),
+            "maxrss": result.maxrss, "cpu": round(result.cpu, 3), "io": result.io,
+        }
+        if cmd.stdout.path is not None:
+            fields["stdout"] = str(cmd.stdout.path)
+        if cmd.stderr.path is not None:
+            fields["stderr"] = str(cmd.stderr.path)
+        state, why = _verdict(result, cmd.stderr.text)
+        api, limit = self.api, self.config.report_retry
+        try:
+            if state == "D":
+                return str((await api.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_done",
+                                           fields, retry_limit=limit))["status"])
+            body = fields | {"error_state": state, "error_description": why}
+            path = f"/v3/fsm/task_instance/{ti_id}/log_error_worker_node"
+            return str((await api.call("POST", path, body, retry_limit=limit))["status"])
+        except ServerUnavailable as exc:
+            log.error("final report of task instance %s not delivered: %s", ti_id, exc)
+            return None
+        except ClientError as exc:
+            log.error("final report of task instance %s refused: %s", ti_id, exc)
+            return str(exc.status_code)
+
+
+def _verdict(result: Exit, stderr_tail: str) -> tuple[str, str]:
+    """The status to report and why."""
+    if result.killed_for in ("memory", "runtime"):
+        return "Z", f"killed for {result.killed_for}: {result.detail}"
+    if result.killed_for == "stop":
+        return "F", f"stopped: {result.detail}"
+    if result.returncode == 0:
+        return "D", ""
+    if result.returncode == -signal.SIGKILL:
+        return "Z", "killed by SIGKILL from outside (likely out of memory)"
+    last = stderr_tail.strip().splitlines()[-1:] or [""]
+    what = (f"killed by signal {-result.returncode}" if result.returncode < 0
+            else f"exit code {result.returncode}")
+    return "E", f"command failed: {what}. {last[0][:500]}".strip()
