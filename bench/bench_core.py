@@ -476,27 +476,65 @@ async def phase_submit(client: httpx.AsyncClient, sz: Sizes, res: Result) -> tup
     return array_id, first
 
 
-async def phase_lookups(client: httpx.AsyncClient, array_id: int, sz: Sizes, batch_size: int,
-                        res: Result) -> None:
-    rng = random.Random(1)
-    keys = [divmod(rng.randrange(sz.array), batch_size) for _ in range(sz.lookups + 200)]
+async def _lookup_pass(client: httpx.AsyncClient, array_id: int, first: int, keys: list[Any],
+                       concurrency: int, batch_size: int) -> dict[str, Any]:
+    """Look every key up with `concurrency` requests in flight; latencies and surprises."""
     lat: list[float] = []
-    it = iter(enumerate(keys))
+    missing: list[tuple[int, int]] = []
+    other = 0
+    it = iter(keys)
 
     async def one() -> None:
-        for n, (b, s) in it:
+        nonlocal other
+        for b, s in it:
             t0 = time.perf_counter()
-            await lookup(client, array_id, b + 1, s)
-            if n >= 200:  # the first 200 warm up caches and connections
-                lat.append((time.perf_counter() - t0) * 1000)
+            r = await client.get(f"/v3/fsm/get_array_task_instance_id/{array_id}/{b}/{s}")
+            lat.append((time.perf_counter() - t0) * 1000)
+            if r.status_code == 404:
+                missing.append((b, s))
+            elif r.status_code != 200:
+                raise RuntimeError(f"lookup {b}/{s}: {r.status_code} {r.text[:300]}")
+            elif r.json()["task_instance_id"] != first + (b - 1) * batch_size + s:
+                other += 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(sz.lookup_concurrency)))
+    await asyncio.gather(*(one() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    return {"lat": lat, "rate": len(keys) / wall, "missing": missing, "other": other}
+
+
+async def phase_lookups(client: httpx.AsyncClient, array_id: int, first: int, sz: Sizes,
+                        batch_size: int, res: Result) -> None:
+    rng = random.Random(1)
+
+    def keys(n: int) -> list[tuple[int, int]]:
+        return [(i // batch_size + 1, i % batch_size)
+                for i in (rng.randrange(sz.array) for _ in range(n))]
+
+    await _lookup_pass(client, array_id, first, keys(200), sz.lookup_concurrency, batch_size)
+    serial = await _lookup_pass(client, array_id, first, keys(max(200, sz.lookups // 5)), 1,
+                                batch_size)
+    main = await _lookup_pass(client, array_id, first, keys(sz.lookups), sz.lookup_concurrency,
+                              batch_size)
+    lat = main["lat"]
     res.values["lk50"], res.values["lk99"] = pct(lat, 50), pct(lat, 99)
     print(f"  3. array lookup: {len(lat):,} random (batch, step) at concurrency "
           f"{sz.lookup_concurrency}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
-          f"max {max(lat):.1f} ms ({len(keys) / wall:,.0f} lookups/s)")
+          f"max {max(lat):.1f} ms ({main['rate']:,.0f} lookups/s); one at a time: "
+          f"p50 {pct(serial['lat'], 50):.2f} ms, p99 {pct(serial['lat'], 99):.2f} ms "
+          f"({serial['rate']:,.0f}/s)")
+    missing = main["missing"] + serial["missing"]
+    checked = len(lat) + len(serial["lat"])
+    if missing:
+        note = (f"array lookup: {len(missing)} of {checked} existing (batch, step) answered "
+                f"404, e.g. {missing[:3]}")
+        print(f"     WARNING: {note}")
+        res.notes.append(note)
+    if main["other"] + serial["other"]:
+        note = (f"array lookup: {main['other'] + serial['other']} of {checked} answered an "
+                f"instance other than the array's ((batch-1)*{batch_size}+step)-th")
+        print(f"     WARNING: {note}")
+        res.notes.append(note)
 
 
 async def phase_heartbeat(client: httpx.AsyncClient, first: int, sz: Sizes, res: Result) -> None:
@@ -567,7 +605,8 @@ def run_backend(backend: str, args: argparse.Namespace, sz: Sizes, work: Path) -
                         array_id, first = await phase_submit(client, sz, res)
                     print(f"     {cpu.text()}")
                     with profiled(server, args.profile, f"{backend}-lookup"):
-                        await phase_lookups(client, array_id, sz, args.array_batch_size, res)
+                        await phase_lookups(client, array_id, first, sz, args.array_batch_size,
+                                            res)
                     await phase_heartbeat(client, first, sz, res)
 
             asyncio.run(api_phases())
@@ -622,6 +661,9 @@ def print_summary(results: list[Result], args: argparse.Namespace, sz: Sizes) ->
           f"{platform.python_version()}, {platform.system()} {platform.release()}; the server, "
           f"the database and the load generator share it. Latencies are client-side.")
     print(f"Command: `{' '.join(['python', *sys.argv])}`")
+    for r in results:
+        for note in r.notes:
+            print(f"- {names[r.backend]}: {note}")
 
 
 def main() -> None:

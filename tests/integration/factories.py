@@ -4,6 +4,7 @@ Everything here goes through the public HTTP API, except the `sql_*` helpers, wh
 for test setup, write) the database directly through a `Database` from the `db` fixture.
 """
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -24,6 +25,13 @@ INC = 300.0  # a heartbeat increment that never expires during a test
 LIVE = ("Q", "I", "O", "R", "T", "X", "K")
 TI = TaskInstance.__table__
 TASK = Task.__table__
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # ---- HTTP ---------------------------------------------------------------------------------

@@ -68,19 +68,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(meta_router)
     app.include_router(fsm_router, prefix="/v3/fsm", generate_unique_id_function=_unique_id("fsm"))
-    app.include_router(fsm_router, prefix="/api/v3", tags=["jobmon compatible"],
-                       generate_unique_id_function=_unique_id("jobmon"))
-    app.include_router(workflows_router, prefix="/v3",
-                       generate_unique_id_function=_unique_id("v3"))
+    app.include_router(
+        fsm_router,
+        prefix="/api/v3",
+        tags=["jobmon compatible"],
+        generate_unique_id_function=_unique_id("jobmon"),
+    )
+    app.include_router(workflows_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     return app
 
 
 def _executor(settings: Settings) -> LocalExecutor:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    config = RunnerConfig(heartbeat_interval=settings.heartbeat_interval,
-                          report_increment=settings.report_increment)
-    return LocalExecutor(f"http://{host}:{settings.port}", settings.local_workers,
-                         settings.local_mode, config)
+    config = RunnerConfig(
+        heartbeat_interval=settings.heartbeat_interval, report_increment=settings.report_increment
+    )
+    return LocalExecutor(
+        f"http://{host}:{settings.port}", settings.local_workers, settings.local_mode, config
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -25,6 +25,7 @@ from farmstead.schemas import (
     LogRunningOut,
     MessageOut,
     StatusOut,
+    WorkerFields,
 )
 from farmstead.services import nodes, workflows
 from farmstead.services.transitions import Outcome, transition
@@ -33,7 +34,7 @@ router = APIRouter(tags=["worker nodes and distributors"])
 TiId = Path(description="task instance id", ge=1)
 
 
-def _worker_fields(body: LogDone) -> dict[str, Any]:
+def _worker_fields(body: WorkerFields) -> dict[str, Any]:
     return nodes.present(**body.model_dump(exclude={"error_state", "error_description"}))
 
 
@@ -55,16 +56,28 @@ async def log_running(
     """A worker started the instance: → RUNNING, with a heartbeat deadline."""
     pgid = None if body.process_group_id is None else str(body.process_group_id)
     out = await transition(
-        db, task_instance_id, TIStatus.RUNNING,
-        fields=nodes.present(nodename=body.nodename, process_group_id=pgid,
-                             distributor_id=body.distributor_id),
+        db,
+        task_instance_id,
+        TIStatus.RUNNING,
+        fields=nodes.present(
+            nodename=body.nodename, process_group_id=pgid, distributor_id=body.distributor_id
+        ),
         report_increment=body.next_report_increment,
     )
     t = out.task
     stdout_dir, stderr_dir = _dirs(t.resources)
     return {
-        "task_instance": [task_instance_id, out.status.value, t.workflow_id, t.id, t.name,
-                          t.command, t.workflow_id, stdout_dir, stderr_dir],
+        "task_instance": [
+            task_instance_id,
+            out.status.value,
+            t.workflow_id,
+            t.id,
+            t.name,
+            t.command,
+            t.workflow_id,
+            stdout_dir,
+            stderr_dir,
+        ],
         "heartbeat_interval": settings.heartbeat_interval,
         "report_increment": settings.report_increment,
         "resources": out.resources,
@@ -74,8 +87,9 @@ async def log_running(
 @router.post("/task_instance/{task_instance_id}/log_report_by", response_model=StatusOut)
 async def log_report_by(db: DatabaseDep, body: LogReportBy, task_instance_id: int = TiId) -> Any:
     """A worker's heartbeat: extends the deadline; answers the status (KILL_SELF: stop)."""
-    fields = nodes.present(distributor_id=body.distributor_id, stdout=body.stdout,
-                           stderr=body.stderr)
+    fields = nodes.present(
+        distributor_id=body.distributor_id, stdout=body.stdout, stderr=body.stderr
+    )
     status = await nodes.heartbeat(db, task_instance_id, body.next_report_increment, fields)
     return {"status": status.value}
 
@@ -100,22 +114,25 @@ async def log_error_worker_node(
 ) -> Any:
     """The command failed: → the error state; the task is retried if it has tries left."""
     out = await transition(
-        db, task_instance_id, TIStatus(body.error_state), fields=_worker_fields(body),
+        db,
+        task_instance_id,
+        TIStatus(body.error_state),
+        fields=_worker_fields(body),
         error=body.error_description or f"error state {body.error_state}",
     )
     return {"status": out.status.value}
 
 
-@router.get("/task_instance/{task_instance_id}/task_instance_error_log",
-            response_model=ErrorLogOut)
+@router.get("/task_instance/{task_instance_id}/task_instance_error_log", response_model=ErrorLogOut)
 async def task_instance_error_log(db: DatabaseDep, task_instance_id: int = TiId) -> Any:
     """The instance's error log: [[id, time, description], ...]."""
     rows = await nodes.error_log(db, task_instance_id)
     return {"task_instance_error_log": [[i, t.isoformat(), d] for i, t, d in rows]}
 
 
-@router.get("/get_array_task_instance_id/{array_id}/{batch_num}/{step_id}",
-            response_model=ArrayInstanceOut)
+@router.get(
+    "/get_array_task_instance_id/{array_id}/{batch_num}/{step_id}", response_model=ArrayInstanceOut
+)
 async def get_array_task_instance_id(
     db: DatabaseDep, array_id: int, batch_num: int, step_id: int
 ) -> Any:
@@ -141,8 +158,12 @@ async def log_no_distributor_id(
     db: DatabaseDep, body: LogNoDistributorId, task_instance_id: int = TiId
 ) -> Any:
     """Submission failed: → NO_DISTRIBUTOR_ID (retried if the task has tries left)."""
-    out = await transition(db, task_instance_id, TIStatus.NO_DISTRIBUTOR_ID,
-                           error=body.no_id_err_msg or "no distributor id")
+    out = await transition(
+        db,
+        task_instance_id,
+        TIStatus.NO_DISTRIBUTOR_ID,
+        error=body.no_id_err_msg or "no distributor id",
+    )
     return {"message": _message(out, "W")}
 
 
@@ -152,7 +173,9 @@ async def log_known_error(
 ) -> Any:
     """The distributor knows why the instance failed: → the error state."""
     out = await transition(
-        db, task_instance_id, TIStatus(body.error_state),
+        db,
+        task_instance_id,
+        TIStatus(body.error_state),
         fields=nodes.present(distributor_id=body.distributor_id, nodename=body.nodename),
         error=body.error_message or f"error state {body.error_state}",
     )
@@ -165,7 +188,9 @@ async def log_unknown_error(
 ) -> Any:
     """UNKNOWN_ERROR, only once the instance's heartbeat deadline has passed."""
     out = await nodes.log_unknown_error(
-        db, task_instance_id, body.error_message or "unknown error",
+        db,
+        task_instance_id,
+        body.error_message or "unknown error",
         nodes.present(distributor_id=body.distributor_id, nodename=body.nodename),
     )
     if out is None:

@@ -24,8 +24,9 @@ async def ready(db: DatabaseDep) -> Any:
     ok, detail = await readiness(db)
     if ok:
         return {"status": "ready", **detail}
-    return JSONResponse({"status": "not ready", **detail}, status_code=503,
-                          headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"status": "not ready", **detail}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 @router.get("/v3/fsm/transitions")

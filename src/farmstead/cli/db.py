@@ -24,7 +24,7 @@ def upgrade_cmd(database_url: UrlOpt = None, revision: str = "head") -> None:
     settings = load_settings(database_url=database_url)
     try:
         upgrade(settings.database_url, revision)
-    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+    except Exception as exc:
         fail(f"migration failed: {exc}")
     err.print(f"database at revision {head_revision() if revision == 'head' else revision}")
 
@@ -43,7 +43,7 @@ def current_cmd(database_url: UrlOpt = None) -> None:
 
     try:
         current = asyncio.run(run())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(f"cannot read the database: {exc}")
     head = head_revision()
     typer.echo(f"current: {current or 'none (not migrated)'}")
@@ -66,13 +66,12 @@ def check_cmd(database_url: UrlOpt = None) -> None:
 
     try:
         findings = asyncio.run(run())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(f"cannot read the database: {exc}")
     table = Table("check", "rows", "meaning", "first ids")
     for f in findings:
         style = "red" if f.count else "green"
-        table.add_row(f.name, f"[{style}]{f.count}[/]", f.meaning,
-                      ", ".join(map(str, f.sample)))
+        table.add_row(f.name, f"[{style}]{f.count}[/]", f.meaning, ", ".join(map(str, f.sample)))
     Console().print(table)
     broken = sum(f.count for f in findings)
     if broken:

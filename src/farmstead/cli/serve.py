@@ -19,7 +19,7 @@ def _sqlite_path(url: str) -> Path | None:
     prefix = "sqlite+aiosqlite:///"
     if not url.startswith(prefix) or ":memory:" in url:
         return None
-    return Path(url[len(prefix):].split("?")[0])
+    return Path(url[len(prefix) :].split("?")[0])
 
 
 def _prepare_database(settings: Settings) -> None:
@@ -40,7 +40,7 @@ def _prepare_database(settings: Settings) -> None:
         asyncio.run(check())
     except SchemaNotReady as exc:
         fail(str(exc), code=2)
-    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+    except Exception as exc:
         fail(f"cannot reach the database: {exc}", code=2)
 
 
@@ -56,8 +56,13 @@ def serve(
     ] = None,
 ) -> None:
     """Run the server. A new SQLite file is migrated on first start."""
-    settings = load_settings(host=host, port=port, database_url=database_url, workers=workers,
-                             local_workers=local_workers)
+    settings = load_settings(
+        host=host,
+        port=port,
+        database_url=database_url,
+        workers=workers,
+        local_workers=local_workers,
+    )
     _prepare_database(settings)
     # Worker processes build their own app from the environment: pass the settings along.
     for key, value in settings.model_dump().items():

@@ -15,8 +15,11 @@ app = typer.Typer(help="Run task instances on this machine.", no_args_is_help=Tr
 
 ServerUrl = Annotated[
     str | None,
-    typer.Option("--server-url", envvar="FARMSTEAD_SERVER_URL",
-                 help="the farmstead server, e.g. http://head-node:8000"),
+    typer.Option(
+        "--server-url",
+        envvar="FARMSTEAD_SERVER_URL",
+        help="the farmstead server, e.g. http://head-node:8000",
+    ),
 ]
 
 
@@ -35,11 +38,14 @@ def run(
     task_instance_id: Annotated[int | None, typer.Option(help="the instance to run")] = None,
     array_id: Annotated[int | None, typer.Option(help="run an array element instead")] = None,
     batch: Annotated[int | None, typer.Option(help="the array batch (with --array-id)")] = None,
-    step: Annotated[int | None, typer.Option(
-        help="the step (default: FARMSTEAD_ARRAY_STEP_ID or SLURM_ARRAY_TASK_ID)")] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(help="the step (default: FARMSTEAD_ARRAY_STEP_ID or SLURM_ARRAY_TASK_ID)"),
+    ] = None,
     distributor_id: Annotated[str | None, typer.Option(help="the cluster's job id")] = None,
-    heartbeat_interval: Annotated[float, typer.Option(
-        help="seconds between heartbeats, until the server says otherwise")] = 30.0,
+    heartbeat_interval: Annotated[
+        float, typer.Option(help="seconds between heartbeats, until the server says otherwise")
+    ] = 30.0,
     report_increment: Annotated[float, typer.Option(help="first deadline, seconds")] = 93.0,
 ) -> None:
     """Run one task instance: log running, run its command, heartbeat, report; exit as it did."""
@@ -51,14 +57,15 @@ def run(
     if step is None and task_instance_id is None:
         step = _step()
         if step is None:
-            fail("no array step: set SLURM_ARRAY_TASK_ID or FARMSTEAD_ARRAY_STEP_ID, "
-                 "or pass --step", code=2)
+            fail(
+                "no array step: set SLURM_ARRAY_TASK_ID or FARMSTEAD_ARRAY_STEP_ID, or pass --step",
+                code=2,
+            )
     if distributor_id is None and "SLURM_JOB_ID" in os.environ:
         distributor_id = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
         if "SLURM_ARRAY_TASK_ID" in os.environ:
             distributor_id += f"_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    config = RunnerConfig(heartbeat_interval=heartbeat_interval,
-                          report_increment=report_increment)
+    config = RunnerConfig(heartbeat_interval=heartbeat_interval, report_increment=report_increment)
 
     async def go() -> int:
         api = Api(server_url, retry_limit=300)

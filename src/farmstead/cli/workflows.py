@@ -14,8 +14,7 @@ from farmstead.cli.common import err, fail
 from farmstead.fsm import TaskStatus
 
 ServerUrl = Annotated[
-    str, typer.Option("--server-url", envvar="FARMSTEAD_SERVER_URL",
-                      help="the farmstead server")
+    str, typer.Option("--server-url", envvar="FARMSTEAD_SERVER_URL", help="the farmstead server")
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -54,14 +53,22 @@ def submit(
         resources["runtime"] = runtime
     if log_dir is not None:
         resources["stdout"] = resources["stderr"] = log_dir
-    body: dict[str, Any] = {"name": name, "retry_delay": retry_delay,
-                            "resources": resources or None, "max_attempts": max_attempts}
+    body: dict[str, Any] = {
+        "name": name,
+        "retry_delay": retry_delay,
+        "resources": resources or None,
+        "max_attempts": max_attempts,
+    }
     if array is not None:
         m = re.fullmatch(r"(-?\d+)-(-?\d+)", array.strip())
         if not m:
             fail(f"--array {array!r}: expected FIRST-LAST, e.g. 0-999")
-        body["array"] = {"command": cmd, "first": int(m[1]), "last": int(m[2]),
-                         "name": f"{name}_{{i}}"}
+        body["array"] = {
+            "command": cmd,
+            "first": int(m[1]),
+            "last": int(m[2]),
+            "name": f"{name}_{{i}}",
+        }
     else:
         body["tasks"] = [{"name": name, "command": cmd}]
     out = _request("POST", f"{server_url.rstrip('/')}/v3/workflows", json=body)
@@ -70,8 +77,12 @@ def submit(
 
 
 def _table(wf: dict[str, Any]) -> Table:
-    table = Table("status", "tasks", title=f"workflow {wf['id']} ({wf['name']}): "
-                  f"{wf['status_name']}, {wf['percent_done']:.1f}% done")
+    table = Table(
+        "status",
+        "tasks",
+        title=f"workflow {wf['id']} ({wf['name']}): "
+        f"{wf['status_name']}, {wf['percent_done']:.1f}% done",
+    )
     for letter, n in sorted(wf["counts"].items()):
         table.add_row(f"{TaskStatus(letter).name} ({letter})", str(n))
     return table
@@ -96,9 +107,14 @@ def status(
         console.print(_table(wf))
         _bar(console, wf, live=False)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         bar = progress.add_task(f"workflow {workflow}", total=wf["total"], counts="")
         while True:
             counts = " ".join(f"{k}:{v}" for k, v in sorted(wf["counts"].items()))
@@ -112,6 +128,7 @@ def status(
 
 
 def _bar(console: Console, wf: dict[str, Any], live: bool) -> None:
-    with Progress(TextColumn("progress"), BarColumn(), TaskProgressColumn(), console=console,
-                  transient=live) as progress:
+    with Progress(
+        TextColumn("progress"), BarColumn(), TaskProgressColumn(), console=console, transient=live
+    ) as progress:
         progress.add_task("", total=wf["total"], completed=wf["counts"].get("D", 0))

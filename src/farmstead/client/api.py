@@ -37,12 +37,18 @@ def _transient(exc: BaseException) -> bool:
 class Api:
     """Calls to one farmstead server; each retries with backoff until `retry_limit` seconds."""
 
-    def __init__(self, base_url: str, retry_limit: float = 300.0, timeout: float = 30.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        retry_limit: float = 300.0,
+        timeout: float = 30.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_limit = retry_limit
         self.client = client or httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout,
+            base_url=self.base_url,
+            timeout=timeout,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
 
@@ -50,8 +56,9 @@ class Api:
         """Close the connection pool."""
         await self.client.aclose()
 
-    async def call(self, method: str, path: str, json: Any = None,
-                   retry_limit: float | None = None) -> Any:
+    async def call(
+        self, method: str, path: str, json: Any = None, retry_limit: float | None = None
+    ) -> Any:
         """One request; transient failures retried with exponential backoff and jitter."""
         limit = self.retry_limit if retry_limit is None else retry_limit
         retrying = AsyncRetrying(
@@ -82,8 +89,9 @@ class Api:
 
     async def heartbeat(self, ti_id: int, increment: float, retry_limit: float) -> str:
         body = {"next_report_increment": increment}
-        out = await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_report_by", body,
-                              retry_limit=retry_limit)
+        out = await self.call(
+            "POST", f"/v3/fsm/task_instance/{ti_id}/log_report_by", body, retry_limit=retry_limit
+        )
         return str(out["status"])
 
     async def log_done(self, ti_id: int, **body: Any) -> str:
@@ -96,7 +104,9 @@ class Api:
         return str(out["status"])
 
     async def array_instance(self, array_id: int, batch: int, step: int) -> int:
-        out = await self.call("GET", f"/v3/fsm/get_array_task_instance_id/{array_id}/{batch}/{step}")
+        out = await self.call(
+            "GET", f"/v3/fsm/get_array_task_instance_id/{array_id}/{batch}/{step}"
+        )
         return int(out["task_instance_id"])
 
     # --- distributor routes -------------------------------------------------------------
@@ -106,12 +116,18 @@ class Api:
         return list(out["data"])
 
     async def log_distributor_id(self, ti_id: int, distributor_id: str, increment: float) -> None:
-        await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_distributor_id",
-                        {"distributor_id": distributor_id, "next_report_increment": increment})
+        await self.call(
+            "POST",
+            f"/v3/fsm/task_instance/{ti_id}/log_distributor_id",
+            {"distributor_id": distributor_id, "next_report_increment": increment},
+        )
 
     async def log_known_error(self, ti_id: int, state: str, message: str) -> None:
-        await self.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_known_error",
-                        {"error_state": state, "error_message": message})
+        await self.call(
+            "POST",
+            f"/v3/fsm/task_instance/{ti_id}/log_known_error",
+            {"error_state": state, "error_message": message},
+        )
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -121,8 +137,9 @@ def _detail(resp: httpx.Response) -> str:
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):  # a validation error: name the fields
-        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
-                           for d in detail if isinstance(d, dict))
+        detail = "; ".join(
+            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+            for d in detail
+            if isinstance(d, dict)
+        )
     return f"HTTP {resp.status_code}: {detail}"
-
-

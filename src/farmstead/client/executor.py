@@ -25,9 +25,15 @@ Mode = Literal["coroutine", "subprocess"]
 class LocalExecutor:
     """Claim, launch and run instances; `run(stop)` until stopped."""
 
-    def __init__(self, server_url: str, slots: int, mode: Mode = "coroutine",
-                 config: RunnerConfig | None = None, poll_interval: float = 0.5,
-                 workflow_id: int | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        slots: int,
+        mode: Mode = "coroutine",
+        config: RunnerConfig | None = None,
+        poll_interval: float = 0.5,
+        workflow_id: int | None = None,
+    ) -> None:
         self.server_url = server_url
         self.slots = slots
         self.mode = mode
@@ -59,9 +65,10 @@ class LocalExecutor:
                     continue  # there may be more: ask again at once
                 waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
                 waiters |= running  # type: ignore[arg-type]
-                await asyncio.wait(waiters, timeout=self.poll_interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters - running:  # type: ignore[operator]
+                await asyncio.wait(
+                    waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters - running:
                     w.cancel()
         finally:
             for task in running:
@@ -89,7 +96,7 @@ class LocalExecutor:
                 await self._subprocess(api, ti_id, distributor_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any launch failure is reported, not lost
+        except Exception as exc:
             log.exception("launching task instance %s failed", ti_id)
             try:
                 await api.log_known_error(ti_id, "E", f"local executor could not run it: {exc}")
@@ -99,16 +106,27 @@ class LocalExecutor:
     async def _subprocess(self, api: Api, ti_id: int, distributor_id: str) -> None:
         cfg = self.config
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "farmstead.cli.main", "worker", "run",
-            "--task-instance-id", str(ti_id), "--server-url", self.server_url,
-            "--distributor-id", distributor_id,
-            "--heartbeat-interval", str(cfg.heartbeat_interval),
-            "--report-increment", str(cfg.report_increment),
+            sys.executable,
+            "-m",
+            "farmstead.cli.main",
+            "worker",
+            "run",
+            "--task-instance-id",
+            str(ti_id),
+            "--server-url",
+            self.server_url,
+            "--distributor-id",
+            distributor_id,
+            "--heartbeat-interval",
+            str(cfg.heartbeat_interval),
+            "--report-increment",
+            str(cfg.report_increment),
             stdin=asyncio.subprocess.DEVNULL,
         )
         code = await proc.wait()
         if code == 2:  # the worker could not start: bad configuration, nothing ran
             await api.log_known_error(ti_id, "E", "worker exited with code 2 before running")
         elif code < 0:
-            log.warning("worker of %s killed by signal %s; the reconciler will expire it",
-                        ti_id, -code)
+            log.warning(
+                "worker of %s killed by signal %s; the reconciler will expire it", ti_id, -code
+            )

@@ -97,16 +97,25 @@ class Command:
     detail: str = ""
 
     @classmethod
-    async def start(cls, command: str, env: dict[str, str], stdout: Path | None,
-                    stderr: Path | None) -> "Command":
-        proc = subprocess.Popen(  # noqa: S602 - running the user's shell command is the point
-            command, shell=True, env=env, start_new_session=True, preexec_fn=_die_with_parent,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    async def start(
+        cls, command: str, env: dict[str, str], stdout: Path | None, stderr: Path | None
+    ) -> "Command":
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         cmd = cls(proc, time.monotonic(), Tail(stdout), Tail(stderr))
         assert proc.stdout is not None and proc.stderr is not None
-        cmd.pumps = [asyncio.create_task(_pump(proc.stdout, cmd.stdout)),
-                     asyncio.create_task(_pump(proc.stderr, cmd.stderr))]
+        cmd.pumps = [
+            asyncio.create_task(_pump(proc.stdout, cmd.stdout)),
+            asyncio.create_task(_pump(proc.stderr, cmd.stderr)),
+        ]
         return cmd
 
     @property
@@ -135,8 +144,10 @@ class Command:
         if limits.memory_bytes is not None:
             rss = _tree_rss(self.pid)
             if rss > limits.memory_bytes:
-                return "memory", (f"used {rss / 1024**2:.0f} MiB, over the memory limit of "
-                                  f"{limits.memory_bytes / 1024**2:.0f} MiB")
+                return "memory", (
+                    f"used {rss / 1024**2:.0f} MiB, over the memory limit of "
+                    f"{limits.memory_bytes / 1024**2:.0f} MiB"
+                )
         return None
 
     async def wait(self) -> Exit:
@@ -144,7 +155,7 @@ class Command:
         loop = asyncio.get_running_loop()
         pidfd = os.pidfd_open(self.pid)
         exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(pidfd, _set_once, exited)
         try:
             await exited
         finally:
@@ -163,9 +174,19 @@ class Command:
         self.stdout.close()
         self.stderr.close()
         return Exit(
-            returncode, wallclock, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime,
-            (usage.ru_inblock + usage.ru_oublock) * 512, self.killed_for, self.detail,
+            returncode,
+            wallclock,
+            usage.ru_maxrss * 1024,
+            usage.ru_utime + usage.ru_stime,
+            (usage.ru_inblock + usage.ru_oublock) * 512,
+            self.killed_for,
+            self.detail,
         )
+
+
+def _set_once(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _die_with_parent() -> None:
@@ -177,9 +198,7 @@ def _die_with_parent() -> None:
 async def _pump(pipe: IO[bytes], tail: Tail) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     try:
         while data := await reader.read(65536):
             tail.feed(data)

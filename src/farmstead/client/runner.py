@@ -68,27 +68,44 @@ class Runner:
         """Run instance `ti_id` to its end and report it. Raises ClientError on a 4xx."""
         cfg = self.config
         body: dict[str, Any] = {
-            "process_group_id": str(os.getpid()), "nodename": self.nodename,
+            "process_group_id": str(os.getpid()),
+            "nodename": self.nodename,
             "next_report_increment": cfg.report_increment,
         }
         if distributor_id:
             body["distributor_id"] = distributor_id
         answer = await self.api.log_running(ti_id, **body)
-        (_, status, _wfr, task_id, name, command, workflow_id, out_dir, err_dir,
-         ) = answer["task_instance"]
+        (
+            _,
+            status,
+            _wfr,
+            task_id,
+            name,
+            command,
+            workflow_id,
+            out_dir,
+            err_dir,
+        ) = answer["task_instance"]
         if status != "R":
             log.error("task instance %s is %s, not RUNNING: not running it", ti_id, status)
             return Outcome(ti_id, EXIT_NOT_RUN, None, ran=False)
         interval = float(answer.get("heartbeat_interval") or cfg.heartbeat_interval)
         increment = float(answer.get("report_increment") or cfg.report_increment)
-        env = {**os.environ, "FARMSTEAD_TASK_ID": str(task_id),
-               "FARMSTEAD_TASK_INSTANCE_ID": str(ti_id), "FARMSTEAD_WORKFLOW_ID": str(workflow_id)}
+        env = {
+            **os.environ,
+            "FARMSTEAD_TASK_ID": str(task_id),
+            "FARMSTEAD_TASK_INSTANCE_ID": str(ti_id),
+            "FARMSTEAD_WORKFLOW_ID": str(workflow_id),
+        }
         stem = f"{_safe(name)}"
         stdout = Path(out_dir) / f"{stem}.o{ti_id}" if out_dir else None
         stderr = Path(err_dir) / f"{stem}.e{ti_id}" if err_dir else None
         cmd = await Command.start(command, env, stdout, stderr)
-        watch = asyncio.create_task(self._watch(ti_id, cmd, Limits.from_resources(
-            answer.get("resources")), interval, increment))
+        watch = asyncio.create_task(
+            self._watch(
+                ti_id, cmd, Limits.from_resources(answer.get("resources")), interval, increment
+            )
+        )
         try:
             result = await cmd.wait()
         finally:
@@ -99,8 +116,9 @@ class Runner:
         code = result.exit_code if reported is not None else EXIT_UNDELIVERED
         return Outcome(ti_id, code, reported, ran=True)
 
-    async def _watch(self, ti_id: int, cmd: Command, limits: Limits, interval: float,
-                     increment: float) -> None:
+    async def _watch(
+        self, ti_id: int, cmd: Command, limits: Limits, interval: float, increment: float
+    ) -> None:
         """Heartbeat at the server's interval; stop the command on KILL_SELF or a limit."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + interval
@@ -112,25 +130,28 @@ class Runner:
             if loop.time() >= next_beat:
                 next_beat = loop.time() + interval
                 try:
-                    status = await self.api.heartbeat(ti_id, increment,
-                                                      self.config.heartbeat_retry)
+                    status = await self.api.heartbeat(ti_id, increment, self.config.heartbeat_retry)
                 except ServerUnavailable as exc:
-                    log.warning("heartbeat of %s not delivered (%s); the command goes on",
-                                ti_id, exc)
+                    log.warning(
+                        "heartbeat of %s not delivered (%s); the command goes on", ti_id, exc
+                    )
                     continue
                 if status != "R":
                     log.warning("server says task instance %s is %s: stopping it", ti_id, status)
-                    await cmd.stop("stop", f"the server answered {status}",
-                                   self.config.kill_grace)
+                    await cmd.stop("stop", f"the server answered {status}", self.config.kill_grace)
                     return
             await asyncio.sleep(min(self.config.sample_interval, max(0.0, next_beat - loop.time())))
 
     async def _report(self, ti_id: int, cmd: Command, result: Exit) -> str | None:
         """Deliver the final report (retried for a long while); the server's answer."""
         fields: dict[str, Any] = {
-            "nodename": self.nodename, "stdout_log": cmd.stdout.text,
-            "stderr_log": cmd.stderr.text, "wallclock": round(result.wallclock, 3),
-            "maxrss": result.maxrss, "cpu": round(result.cpu, 3), "io": result.io,
+            "nodename": self.nodename,
+            "stdout_log": cmd.stdout.text,
+            "stderr_log": cmd.stderr.text,
+            "wallclock": round(result.wallclock, 3),
+            "maxrss": result.maxrss,
+            "cpu": round(result.cpu, 3),
+            "io": result.io,
         }
         if cmd.stdout.path is not None:
             fields["stdout"] = str(cmd.stdout.path)
@@ -140,8 +161,16 @@ class Runner:
         api, limit = self.api, self.config.report_retry
         try:
             if state == "D":
-                return str((await api.call("POST", f"/v3/fsm/task_instance/{ti_id}/log_done",
-                                           fields, retry_limit=limit))["status"])
+                return str(
+                    (
+                        await api.call(
+                            "POST",
+                            f"/v3/fsm/task_instance/{ti_id}/log_done",
+                            fields,
+                            retry_limit=limit,
+                        )
+                    )["status"]
+                )
             body = fields | {"error_state": state, "error_description": why}
             path = f"/v3/fsm/task_instance/{ti_id}/log_error_worker_node"
             return str((await api.call("POST", path, body, retry_limit=limit))["status"])
@@ -164,6 +193,9 @@ def _verdict(result: Exit, stderr_tail: str) -> tuple[str, str]:
     if result.returncode == -signal.SIGKILL:
         return "Z", "killed by SIGKILL from outside (likely out of memory)"
     last = stderr_tail.strip().splitlines()[-1:] or [""]
-    what = (f"killed by signal {-result.returncode}" if result.returncode < 0
-            else f"exit code {result.returncode}")
+    what = (
+        f"killed by signal {-result.returncode}"
+        if result.returncode < 0
+        else f"exit code {result.returncode}"
+    )
     return "E", f"command failed: {what}. {last[0][:500]}".strip()

@@ -86,11 +86,16 @@ class TaskInstance(Base):
         Index("ix_task_instance_workflow_id_status", "workflow_id", "status"),
         Index(
             "uq_task_instance_array_batch_step",
-            "array_id", "array_batch_num", "array_step_id", unique=True,
+            "array_id",
+            "array_batch_num",
+            "array_step_id",
+            unique=True,
         ),
         # At most one live instance per task, ever: the database itself refuses a second.
         Index(
-            "uq_task_instance_live_task_id", "task_id", unique=True,
+            "uq_task_instance_live_task_id",
+            "task_id",
+            unique=True,
             sqlite_where=text(f"status IN ({_LIVE})"),
             postgresql_where=text(f"status IN ({_LIVE})"),
         ),

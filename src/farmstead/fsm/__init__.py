@@ -21,7 +21,10 @@ from farmstead.fsm.statuses import (
 )
 from farmstead.fsm.tables import (
     CONSISTENT_LIVE_PAIRS,
-    TASK_VALID, TI_REWRITES, TI_UNTIMELY, TI_VALID,
+    TASK_VALID,
+    TI_REWRITES,
+    TI_UNTIMELY,
+    TI_VALID,
     tables_as_json,
 )
 

@@ -111,14 +111,7 @@ def decide(
         return Invalid(ti, asked)
 
     if task in TERMINAL_TASK:
-        # An orphan: its task is settled already. It ends in ERROR_FATAL, the task untouched.
-        if requested in TERMINAL_TI:
-            if TI.ERROR_FATAL not in TI_VALID[ti]:
-                return Invalid(ti, asked)
-            return Apply(ti, TI.ERROR_FATAL, task, requested=asked)
-        if requested in _TASK_FOLLOWS:
-            return Invalid(ti, asked)
-        return Apply(ti, requested, task, requested=asked)
+        return _orphan(ti, task, requested, asked)
 
     if task in _TASK_MOVED_ON and ti == TI.KILL_SELF:
         # An operator resumed the task while this instance was being stopped: the task has
@@ -134,18 +127,36 @@ def decide(
         return Apply(ti, requested, task, path, requested=asked)
 
     if requested in ERROR_TI or requested == TI.ERROR_FATAL:
-        to_error = task_path(task, T.ERROR_RECOVERABLE)
-        if to_error is None:
-            return Invalid(ti, asked)
-        if requested == TI.ERROR_FATAL or num_attempts >= max_attempts:
-            return Apply(ti, requested, task, (*to_error, T.ERROR_FATAL), requested=asked)
-        if requested == TI.RESOURCE_ERROR:
-            path = (*to_error, T.ADJUSTING_RESOURCES, T.QUEUED)
-            return Apply(ti, requested, task, path, retry=True, adjust=True, requested=asked)
-        return Apply(ti, requested, task, (*to_error, T.QUEUED), retry=True, requested=asked)
+        return _error(ti, task, requested, asked, num_attempts < max_attempts)
 
     # KILL_SELF, TRIAGING, NO_HEARTBEAT: the instance's own business; the task waits.
     return Apply(ti, requested, task, requested=asked)
+
+
+def _orphan(ti: TIStatus, task: TaskStatus, requested: TIStatus, asked: TIStatus) -> Decision:
+    """An instance whose task is settled already: it ends in ERROR_FATAL, the task untouched."""
+    if requested in TERMINAL_TI:
+        if TI.ERROR_FATAL not in TI_VALID[ti]:
+            return Invalid(ti, asked)
+        return Apply(ti, TI.ERROR_FATAL, task, requested=asked)
+    if requested in _TASK_FOLLOWS:
+        return Invalid(ti, asked)
+    return Apply(ti, requested, task, requested=asked)
+
+
+def _error(
+    ti: TIStatus, task: TaskStatus, requested: TIStatus, asked: TIStatus, tries_left: bool
+) -> Decision:
+    """An error report: the task is retried while it has tries left, else ERROR_FATAL."""
+    to_error = task_path(task, T.ERROR_RECOVERABLE)
+    if to_error is None:
+        return Invalid(ti, asked)
+    if requested == TI.ERROR_FATAL or not tries_left:
+        return Apply(ti, requested, task, (*to_error, T.ERROR_FATAL), requested=asked)
+    if requested == TI.RESOURCE_ERROR:
+        path = (*to_error, T.ADJUSTING_RESOURCES, T.QUEUED)
+        return Apply(ti, requested, task, path, retry=True, adjust=True, requested=asked)
+    return Apply(ti, requested, task, (*to_error, T.QUEUED), retry=True, requested=asked)
 
 
 def retry_resources(

@@ -45,8 +45,9 @@ class WorkflowStatus(StrEnum):
 
 TI = TIStatus
 #: Error reports a worker or distributor can make; each may lead to a retry.
-ERROR_TI: frozenset[TIStatus] = frozenset({TI.ERROR, TI.UNKNOWN_ERROR, TI.RESOURCE_ERROR,
-                                           TI.NO_DISTRIBUTOR_ID})
+ERROR_TI: frozenset[TIStatus] = frozenset(
+    {TI.ERROR, TI.UNKNOWN_ERROR, TI.RESOURCE_ERROR, TI.NO_DISTRIBUTOR_ID}
+)
 #: An instance in one of these will never move again.
 TERMINAL_TI: frozenset[TIStatus] = ERROR_TI | {TI.DONE, TI.ERROR_FATAL}
 #: Live instances: not terminal. At most one per task (a partial unique index enforces it).

@@ -28,18 +28,26 @@ async def cancel(db: Database, workflow_id: int) -> dict[str, Any]:
     """Queued and instantiated instances → ERROR_FATAL; launched and running → KILL_SELF."""
     await _require(db, workflow_id)
     total = BulkResult()
-    for statuses, to in ((["Q", "I", "X"], TIStatus.ERROR_FATAL),
-                         (["O", "R", "T"], TIStatus.KILL_SELF)):
+    for statuses, to in (
+        (["Q", "I", "X"], TIStatus.ERROR_FATAL),
+        (["O", "R", "T"], TIStatus.KILL_SELF),
+    ):
         while True:
             async with unit_of_work(db) as session:
                 cands = await bulk_store.lock_candidates(
                     session, bulk_store.of_workflow(workflow_id, statuses), limit=CHUNK
                 )
-                moved = await apply_bulk(session, cands, to, error="cancelled by an operator",
-                                         details={"by": "operator", "action": "cancel"})
+                moved = await apply_bulk(
+                    session,
+                    cands,
+                    to,
+                    error="cancelled by an operator",
+                    details={"by": "operator", "action": "cancel"},
+                )
                 if moved.total:
-                    await wf_store.record_event(session, workflow_id, "R",
-                                                {"action": "cancel", "moved": moved.moved})
+                    await wf_store.record_event(
+                        session, workflow_id, "R", {"action": "cancel", "moved": moved.moved}
+                    )
             total.add(moved)
             if len(cands) < CHUNK or not moved.total:
                 break
@@ -61,12 +69,29 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
             if tasks:
                 await store.requeue_tasks(session, [t.id for t in tasks])
                 ids = await store.queue_first_instances(session, tasks)
-                events = [EventRow(workflow_id, "task", t.id, prev.value, nxt.value,
-                                   {"by": "operator", "action": "resume"})
-                          for t in tasks for prev, nxt in zip((T.ERROR_FATAL, *path[:-1]),
-                                                              path, strict=True)]
-                events += [EventRow(workflow_id, "task_instance", i, None, "Q",
-                                    {"by": "operator", "action": "resume"}) for i in ids]
+                events = [
+                    EventRow(
+                        workflow_id,
+                        "task",
+                        t.id,
+                        prev.value,
+                        nxt.value,
+                        {"by": "operator", "action": "resume"},
+                    )
+                    for t in tasks
+                    for prev, nxt in zip((T.ERROR_FATAL, *path[:-1]), path, strict=True)
+                ]
+                events += [
+                    EventRow(
+                        workflow_id,
+                        "task_instance",
+                        i,
+                        None,
+                        "Q",
+                        {"by": "operator", "action": "resume"},
+                    )
+                    for i in ids
+                ]
                 await insert_events(session, events)
                 changed["resumed"] += len(tasks)
         if len(tasks) < CHUNK:
@@ -76,6 +101,7 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
             changed["refreshed"] += await store.refresh_tries(session, workflow_id)
     if changed:
         async with unit_of_work(db) as session:
-            await wf_store.record_event(session, workflow_id, "R",
-                                        {"action": "resume", "changed": dict(changed)})
+            await wf_store.record_event(
+                session, workflow_id, "R", {"action": "resume", "changed": dict(changed)}
+            )
     return {"workflow_id": workflow_id, "changed": dict(changed), "total": sum(changed.values())}

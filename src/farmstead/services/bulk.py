@@ -82,10 +82,16 @@ async def apply_bulk(
         why = {c.ti_id: (errors or {}).get(c.ti_id) or error for c in members}
         for c in members:
             text = why[c.ti_id]
-            events.append(EventRow(
-                c.workflow_id, "task_instance", c.ti_id, move.ti_from.value, move.ti_to.value,
-                ({**note, "error": text[:2000]} if text else note) or None,
-            ))
+            events.append(
+                EventRow(
+                    c.workflow_id,
+                    "task_instance",
+                    c.ti_id,
+                    move.ti_from.value,
+                    move.ti_to.value,
+                    ({**note, "error": text[:2000]} if text else note) or None,
+                )
+            )
         if move.ti_to.value in ERROR_LOGGED:
             await store.add_error_logs(session, {i: t for i, t in why.items() if t})
         if move.task_path:
@@ -99,7 +105,10 @@ async def apply_bulk(
 
 
 async def _move_tasks(
-    session: AsyncSession, move: Apply, members: Sequence[Candidate], error: str | None,
+    session: AsyncSession,
+    move: Apply,
+    members: Sequence[Candidate],
+    error: str | None,
     events: list[EventRow],
 ) -> None:
     values: dict[str, Any] = {}
@@ -111,8 +120,9 @@ async def _move_tasks(
         values["progress"] = 100.0
     if error:
         values["last_error"] = error[:10_000]
-    await store.set_tasks(session, [c.task_id for c in members], move.task_to.value, values,
-                          bump_attempts=move.retry)
+    await store.set_tasks(
+        session, [c.task_id for c in members], move.task_to.value, values, bump_attempts=move.retry
+    )
     for c in members:
         prev = move.task_from
         for step in move.task_path:
@@ -133,10 +143,16 @@ async def _queue_retries(
         by_delay: dict[float, list[dict[str, Any]]] = defaultdict(list)
         for offset, c in enumerate(cands):
             res = retry_resources(c.resources, c.resource_scales) if adjust else c.resources
-            by_delay[c.retry_delay].append({
-                "task_id": c.task_id, "workflow_id": c.workflow_id, "array_id": array_id,
-                "array_batch_num": first + offset, "array_step_id": 0, "resources": res,
-            })
+            by_delay[c.retry_delay].append(
+                {
+                    "task_id": c.task_id,
+                    "workflow_id": c.workflow_id,
+                    "array_id": array_id,
+                    "array_batch_num": first + offset,
+                    "array_step_id": 0,
+                    "resources": res,
+                }
+            )
         for delay, rows in by_delay.items():
             if delay > 0:
                 for row in rows:
@@ -146,6 +162,10 @@ async def _queue_retries(
             else:
                 ids = await store.insert_queued(session, rows)
             new_ids += ids
-            events += [EventRow(r["workflow_id"], "task_instance", i, None, "Q",
-                                {"retry_of_task": r["task_id"]}) for r, i in zip(rows, ids, strict=True)]
+            events += [
+                EventRow(
+                    r["workflow_id"], "task_instance", i, None, "Q", {"retry_of_task": r["task_id"]}
+                )
+                for r, i in zip(rows, ids, strict=True)
+            ]
     return new_ids

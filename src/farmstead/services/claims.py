@@ -17,13 +17,17 @@ async def claim(db: Database, limit: int, workflow_id: int | None) -> list[dict[
         if workflow_id is not None:
             where = where & store.of_workflow(workflow_id, ["Q"])
         cands = await store.lock_candidates(session, where, limit=limit, by_priority=True)
-        moved = await apply_bulk(session, cands, TIStatus.INSTANTIATED,
-                                 details={"by": "claim"})
+        moved = await apply_bulk(session, cands, TIStatus.INSTANTIATED, details={"by": "claim"})
         rows = await wf_store.batch_keys(session, moved.ids)
     by_id = {c.ti_id: c for c in cands}
     return [
-        {"task_instance_id": ti, "task_id": by_id[ti].task_id,
-         "workflow_id": by_id[ti].workflow_id, "array_id": array_id,
-         "array_batch_num": batch, "array_step_id": step}
+        {
+            "task_instance_id": ti,
+            "task_id": by_id[ti].task_id,
+            "workflow_id": by_id[ti].workflow_id,
+            "array_id": array_id,
+            "array_batch_num": batch,
+            "array_step_id": step,
+        }
         for ti, array_id, _name, batch, step in sorted(rows)
     ]

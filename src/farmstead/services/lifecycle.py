@@ -34,7 +34,7 @@ async def readiness(db: Database) -> tuple[bool, dict[str, Any]]:
     """Whether the database answers and is at head."""
     try:
         current = await asyncio.wait_for(current_revision(db), timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:
         return False, {"database": "unreachable", "error": type(exc).__name__}
     head = head_revision()
     return current == head, {"database": "reachable", "revision": current, "head": head}
@@ -75,8 +75,12 @@ class Background:
             else:
                 log.info("another server process reconciles this SQLite database")
 
-    def add(self, name: str, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
-            lock_path: str | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+        lock_path: str | None = None,
+    ) -> None:
         """Run another loop beside the others; with `lock_path`, only in the process that
         holds that lock (one of several server processes)."""
         if lock_path is not None:

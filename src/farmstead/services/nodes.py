@@ -23,9 +23,7 @@ def present(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-async def heartbeat(
-    db: Database, ti_id: int, increment: float, fields: dict[str, Any]
-) -> TIStatus:
+async def heartbeat(db: Database, ti_id: int, increment: float, fields: dict[str, Any]) -> TIStatus:
     """A worker's heartbeat. A TRIAGING instance is rescued to RUNNING; else no row lock."""
     async with unit_of_work(db) as session:
         if await store.heartbeat(session, ti_id, increment, fields):
@@ -36,7 +34,11 @@ async def heartbeat(
         if status != TIStatus.TRIAGING:
             return TIStatus(status)
         outcome = await transition_in(
-            session, ti_id, TIStatus.RUNNING, fields=fields, report_increment=increment,
+            session,
+            ti_id,
+            TIStatus.RUNNING,
+            fields=fields,
+            report_increment=increment,
             details={"via": "heartbeat"},
         )
         return outcome.status
@@ -47,7 +49,7 @@ async def heartbeat_batch(db: Database, ids: Sequence[int], increment: float) ->
     updated = 0
     async with unit_of_work(db) as session:
         for start in range(0, len(ids), 50_000):
-            updated += await store.heartbeat_batch(session, ids[start:start + 50_000], increment)
+            updated += await store.heartbeat_batch(session, ids[start : start + 50_000], increment)
     return updated
 
 
@@ -75,7 +77,9 @@ async def array_instance(db: Database, array_id: int, batch: int, step: int) -> 
     if ti_id is None:
         raise NotFound(
             f"no task instance for array {array_id}, batch {batch}, step {step}",
-            array_id=array_id, batch_num=batch, step_id=step,
+            array_id=array_id,
+            batch_num=batch,
+            step_id=step,
         )
     return ti_id
 
@@ -90,8 +94,9 @@ async def log_unknown_error(
             raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
         if fresh:
             return None
-        return await transition_in(session, ti_id, TIStatus.UNKNOWN_ERROR, fields=fields,
-                                   error=message)
+        return await transition_in(
+            session, ti_id, TIStatus.UNKNOWN_ERROR, fields=fields, error=message
+        )
 
 
 async def instantiate(db: Database, ids: Sequence[int]) -> list[list[Any]]:
@@ -100,7 +105,7 @@ async def instantiate(db: Database, ids: Sequence[int]) -> list[list[Any]]:
     async with unit_of_work(db) as session:
         for start in range(0, len(ids), _CHUNK):
             cands = await bulk_store.lock_candidates(
-                session, bulk_store.available_queued(ids[start:start + _CHUNK], session)
+                session, bulk_store.available_queued(ids[start : start + _CHUNK], session)
             )
             moved += (await apply_bulk(session, cands, TIStatus.INSTANTIATED)).ids
         rows = await wf_store.batch_keys(session, moved)
@@ -117,7 +122,10 @@ async def launch_batch(db: Database, array_id: int, batch: int, increment: float
             session, bulk_store.of_batch(array_id, batch, ["I"])
         )
         return await apply_bulk(
-            session, cands, TIStatus.LAUNCHED, report_increment=increment,
+            session,
+            cands,
+            TIStatus.LAUNCHED,
+            report_increment=increment,
             fields={"submitted_date": db_now()},
         )
 
@@ -128,8 +136,9 @@ async def kill_batch(db: Database, array_id: int, batch: int) -> BulkResult:
         cands = await bulk_store.lock_candidates(
             session, bulk_store.of_batch(array_id, batch, ["K"])
         )
-        return await apply_bulk(session, cands, TIStatus.ERROR_FATAL,
-                                error="terminated by the distributor")
+        return await apply_bulk(
+            session, cands, TIStatus.ERROR_FATAL, error="terminated by the distributor"
+        )
 
 
 async def set_distributor_ids(db: Database, mapping: dict[int, str]) -> int:
@@ -140,11 +149,12 @@ async def set_distributor_ids(db: Database, mapping: dict[int, str]) -> int:
         return await bulk_store.set_distributor_ids(session, mapping)
 
 
-
 async def launched(db: Database, ti_id: int, distributor_id: str, increment: float) -> Outcome:
     """The distributor submitted the instance: → LAUNCHED with its job id and a deadline."""
     return await transition(
-        db, ti_id, TIStatus.LAUNCHED,
+        db,
+        ti_id,
+        TIStatus.LAUNCHED,
         fields={"distributor_id": distributor_id, "submitted_date": db_now()},
         report_increment=increment,
     )

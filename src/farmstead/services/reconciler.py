@@ -6,6 +6,7 @@ decision function, write their events, commit, repeat. The cost follows the expi
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,8 +42,10 @@ def _since(c: Candidate) -> str:
 RULES: tuple[Rule, ...] = (
     Rule("running past deadline", lambda s: store.deadline_passed("R"), TI.TRIAGING),
     Rule(
-        "triage grace over", lambda s: store.in_status_for("T", s.triage_grace),
-        TI.UNKNOWN_ERROR, lambda c, s: f"no heartbeat since {_since(c)}",
+        "triage grace over",
+        lambda s: store.in_status_for("T", s.triage_grace),
+        TI.UNKNOWN_ERROR,
+        lambda c, s: f"no heartbeat since {_since(c)}",
     ),
     Rule(
         "launched, never reported",
@@ -53,12 +56,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "instantiated, never launched",
-        lambda s: store.in_status_for("I", s.launch_timeout), TI.NO_DISTRIBUTOR_ID,
+        lambda s: store.in_status_for("I", s.launch_timeout),
+        TI.NO_DISTRIBUTOR_ID,
         lambda c, s: f"not launched within {s.launch_timeout:g} s of instantiation",
     ),
     Rule(
-        "kill_self unanswered", lambda s: store.in_status_for("K", s.kill_self_timeout),
-        TI.ERROR_FATAL, lambda c, s: f"did not stop within {s.kill_self_timeout:g} s",
+        "kill_self unanswered",
+        lambda s: store.in_status_for("K", s.kill_self_timeout),
+        TI.ERROR_FATAL,
+        lambda c, s: f"did not stop within {s.kill_self_timeout:g} s",
     ),
 )
 
@@ -79,10 +85,8 @@ class Reconciler:
                     log.info("reconciler moved %s", result.moved)
             except Exception:
                 log.exception("reconciler sweep failed; retrying next interval")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reconciler_interval)
-            except TimeoutError:
-                pass
 
     async def sweep(self) -> BulkResult:
         """Apply every rule until nothing it matches is left."""
@@ -103,14 +107,26 @@ class Reconciler:
             )
             if not cands:
                 return BulkResult()
-            errors = None if rule.error is None else {
-                c.ti_id: rule.error(c, settings) for c in cands
-            }
-            result = await apply_bulk(session, cands, rule.to, errors=errors,
-                                      details={"by": "reconciler", "rule": rule.name})
+            errors = (
+                None if rule.error is None else {c.ti_id: rule.error(c, settings) for c in cands}
+            )
+            result = await apply_bulk(
+                session,
+                cands,
+                rule.to,
+                errors=errors,
+                details={"by": "reconciler", "rule": rule.name},
+            )
             if rule.then is not None and result.ids:
                 moved = set(result.ids)
                 nxt = [replace(c, ti_status=rule.to.value) for c in cands if c.ti_id in moved]
-                result.add(await apply_bulk(session, nxt, rule.then, errors=errors,
-                                            details={"by": "reconciler", "rule": rule.name}))
+                result.add(
+                    await apply_bulk(
+                        session,
+                        nxt,
+                        rule.then,
+                        errors=errors,
+                        details={"by": "reconciler", "rule": rule.name},
+                    )
+                )
             return result

@@ -40,8 +40,13 @@ async def transition(
     """Apply `requested` to instance `ti_id` in one transaction, or say why not."""
     async with unit_of_work(db) as session:
         return await transition_in(
-            session, ti_id, requested, fields=fields, report_increment=report_increment,
-            error=error, details=details,
+            session,
+            ti_id,
+            requested,
+            fields=fields,
+            report_increment=report_increment,
+            error=error,
+            details=details,
         )
 
 
@@ -61,32 +66,53 @@ async def transition_in(
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
     task = await store.lock_task(session, ti.task_id)
     decision = decide(
-        TIStatus(ti.status), TaskStatus(task.status), requested, task.tries, task.max_attempts,
+        TIStatus(ti.status),
+        TaskStatus(task.status),
+        requested,
+        task.tries,
+        task.max_attempts,
     )
     match decision:
         case Same(status):
-            return Outcome(status, applied=False, untimely=False, task=task,
-                           resources=ti.resources)
+            return Outcome(status, applied=False, untimely=False, task=task, resources=ti.resources)
         case Untimely(status):
-            return Outcome(status, applied=False, untimely=True, task=task,
-                           resources=ti.resources)
+            return Outcome(status, applied=False, untimely=True, task=task, resources=ti.resources)
         case Invalid(status, asked):
             raise InvalidTransition(
                 f"task instance {ti_id} cannot go from {status.name} ({status.value}) "
                 f"to {asked.name} ({asked.value})",
-                task_instance_id=ti_id, status=status.value, requested=asked.value,
+                task_instance_id=ti_id,
+                status=status.value,
+                requested=asked.value,
             )
     candidate = Candidate(
-        ti.id, ti.status, task.id, task.status, task.tries, task.max_attempts,
-        task.workflow_id, ti.array_id, ti.resources, task.resource_scales, task.retry_delay,
+        ti.id,
+        ti.status,
+        task.id,
+        task.status,
+        task.tries,
+        task.max_attempts,
+        task.workflow_id,
+        ti.array_id,
+        ti.resources,
+        task.resource_scales,
+        task.retry_delay,
         None,
     )
     result = await apply_bulk(
-        session, [candidate], requested, fields=fields, report_increment=report_increment,
-        error=error, details=details,
+        session,
+        [candidate],
+        requested,
+        fields=fields,
+        report_increment=report_increment,
+        error=error,
+        details=details,
     )
-    return Outcome(decision.ti_to, applied=True, untimely=False, task=task,
-                   retry_instance_id=result.retried[0] if result.retried else None,
-                   resources=ti.resources)
-
-
+    return Outcome(
+        decision.ti_to,
+        applied=True,
+        untimely=False,
+        task=task,
+        retry_instance_id=result.retried[0] if result.retried else None,
+        resources=ti.resources,
+    )

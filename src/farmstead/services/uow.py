@@ -32,8 +32,16 @@ async def unit_of_work(db: Database, *, write: bool = True) -> AsyncIterator[Asy
 
 
 _TRANSIENT = (
-    "lock", "deadlock", "connection", "terminating", "shutting down", "starting up",
-    "could not serialize", "timeout", "closed", "too many clients",
+    "lock",
+    "deadlock",
+    "connection",
+    "terminating",
+    "shutting down",
+    "starting up",
+    "could not serialize",
+    "timeout",
+    "closed",
+    "too many clients",
 )
 
 

@@ -16,13 +16,15 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
     if req.size > settings.max_tasks_per_request:
         raise BadRequest(
             f"{req.size} tasks in one request is over the limit of "
-            f"{settings.max_tasks_per_request}", field="array" if req.array else "tasks",
+            f"{settings.max_tasks_per_request}",
+            field="array" if req.array else "tasks",
         )
     batch_size = settings.array_batch_size
     batches = (req.size + batch_size - 1) // batch_size
     defaults = {
         "max_attempts": req.max_attempts or settings.default_max_attempts,
-        "priority": req.priority, "resources": req.resources,
+        "priority": req.priority,
+        "resources": req.resources,
         "resource_scales": req.resource_scales,
     }
     async with unit_of_work(db) as session:
@@ -37,13 +39,12 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
                 session, wf_id, array_id, req.array.first, req.array.last, spec
             )
         else:
-            tasks = [
-                {**defaults, **t.model_dump(exclude_none=True)} for t in (req.tasks or [])
-            ]
+            tasks = [{**defaults, **t.model_dump(exclude_none=True)} for t in (req.tasks or [])]
             await store.insert_listed_tasks(session, wf_id, array_id, tasks)
         created = await store.insert_first_instances(session, array_id, batch_size)
-        await store.record_event(session, wf_id, "R", {"submitted_tasks": created,
-                                                       "array_id": array_id})
+        await store.record_event(
+            session, wf_id, "R", {"submitted_tasks": created, "array_id": array_id}
+        )
     return await read(db, wf_id) | {"array_ids": [array_id]}
 
 
@@ -62,8 +63,12 @@ def _summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     status = workflow_status(counts)
     done = counts.get("D", 0)
     return {
-        **row, "status": status.value, "status_name": status.name, "total": total,
-        "counts": counts, "percent_done": round(100.0 * done / total, 2) if total else 0.0,
+        **row,
+        "status": status.value,
+        "status_name": status.name,
+        "total": total,
+        "counts": counts,
+        "percent_done": round(100.0 * done / total, 2) if total else 0.0,
     }
 
 
@@ -75,7 +80,11 @@ async def list_all(db: Database, limit: int, offset: int) -> list[dict[str, Any]
 
 
 async def tasks(
-    db: Database, workflow_id: int, status: list[str] | None, limit: int, after_id: int,
+    db: Database,
+    workflow_id: int,
+    status: list[str] | None,
+    limit: int,
+    after_id: int,
     offset: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of a workflow's tasks."""

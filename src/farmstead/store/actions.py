@@ -25,13 +25,16 @@ class FailedTask:
     resources: dict[str, Any] | None
 
 
-async def lock_failed_tasks(session: AsyncSession, workflow_id: int, limit: int) -> list[FailedTask]:
+async def lock_failed_tasks(
+    session: AsyncSession, workflow_id: int, limit: int
+) -> list[FailedTask]:
     """ERROR_FATAL tasks of a workflow with no live instance left, locked."""
     live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
     stmt = (
         select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources)
         .where(TASK.c.workflow_id == workflow_id, TASK.c.status == "F", ~live)
-        .order_by(TASK.c.id).limit(limit)
+        .order_by(TASK.c.id)
+        .limit(limit)
         .with_for_update(skip_locked=True)
     )
     return [FailedTask(*r) for r in (await session.execute(stmt)).all()]
@@ -40,9 +43,15 @@ async def lock_failed_tasks(session: AsyncSession, workflow_id: int, limit: int)
 async def requeue_tasks(session: AsyncSession, ids: Sequence[int]) -> None:
     """Fresh tries: QUEUED, attempts counted from now, one more instance on the way."""
     await session.execute(
-        update(TASK).where(id_in(TASK.c.id, ids, dialect(session)))
-        .values(status="Q", status_date=db_now(), attempts_base=TASK.c.num_attempts,
-                num_attempts=TASK.c.num_attempts + 1, time_finished=None)
+        update(TASK)
+        .where(id_in(TASK.c.id, ids, dialect(session)))
+        .values(
+            status="Q",
+            status_date=db_now(),
+            attempts_base=TASK.c.num_attempts,
+            num_attempts=TASK.c.num_attempts + 1,
+            time_finished=None,
+        )
         .execution_options(synchronize_session=False)
     )
 
@@ -55,11 +64,20 @@ async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTas
     ids: list[int] = []
     for array_id, members in by_array.items():
         first = await next_batches(session, array_id, len(members))
-        ids += await insert_queued(session, [
-            {"task_id": t.id, "workflow_id": t.workflow_id, "array_id": array_id,
-             "array_batch_num": first + k, "array_step_id": 0, "resources": t.resources}
-            for k, t in enumerate(members)
-        ])
+        ids += await insert_queued(
+            session,
+            [
+                {
+                    "task_id": t.id,
+                    "workflow_id": t.workflow_id,
+                    "array_id": array_id,
+                    "array_batch_num": first + k,
+                    "array_step_id": 0,
+                    "resources": t.resources,
+                }
+                for k, t in enumerate(members)
+            ],
+        )
     return ids
 
 
@@ -67,8 +85,11 @@ async def refresh_tries(session: AsyncSession, workflow_id: int) -> int:
     """Unfinished tasks with a live instance: their tries count again from that instance."""
     stmt = (
         update(TASK)
-        .where(TASK.c.workflow_id == workflow_id, TASK.c.status.not_in(("D", "F")),
-               TASK.c.attempts_base < TASK.c.num_attempts - 1)
+        .where(
+            TASK.c.workflow_id == workflow_id,
+            TASK.c.status.not_in(("D", "F")),
+            TASK.c.attempts_base < TASK.c.num_attempts - 1,
+        )
         .values(attempts_base=TASK.c.num_attempts - 1)
         .execution_options(synchronize_session=False)
     )

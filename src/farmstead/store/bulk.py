@@ -8,12 +8,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from farmstead.db.models import Array, Workflow
 from farmstead.db.types import db_now, seconds_from_now
-from farmstead.store.sql import ERRLOG, TASK, TI, dialect, id_in
-
-ARRAY = Array.__table__
-WORKFLOW = Workflow.__table__
+from farmstead.store.sql import ARRAY, ERRLOG, TASK, TI, WORKFLOW, dialect, id_in
 
 
 @dataclass(frozen=True)
@@ -39,10 +35,18 @@ def _candidates(
 ) -> Any:
     stmt = (
         select(
-            TI.c.id, TI.c.status, TASK.c.id, TASK.c.status,
+            TI.c.id,
+            TI.c.status,
+            TASK.c.id,
+            TASK.c.status,
             (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
-            TASK.c.max_attempts, TI.c.workflow_id, TI.c.array_id, TI.c.resources,
-            TASK.c.resource_scales, WORKFLOW.c.retry_delay, TI.c.report_by_date,
+            TASK.c.max_attempts,
+            TI.c.workflow_id,
+            TI.c.array_id,
+            TI.c.resources,
+            TASK.c.resource_scales,
+            WORKFLOW.c.retry_delay,
+            TI.c.report_by_date,
         )
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
@@ -54,8 +58,11 @@ def _candidates(
 
 
 async def lock_candidates(
-    session: AsyncSession, where: ColumnElement[bool], limit: int | None = None,
-    skip_locked: bool = True, by_priority: bool = False,
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    limit: int | None = None,
+    skip_locked: bool = True,
+    by_priority: bool = False,
 ) -> list[Candidate]:
     """Lock and read the instances matching `where`, with their tasks."""
     rows = (await session.execute(_candidates(where, limit, skip_locked, by_priority))).all()
@@ -78,8 +85,7 @@ def available_queued(ids: Sequence[int] | None, session: AsyncSession) -> Any:
 
 def of_batch(array_id: int, batch: int, statuses: Sequence[str]) -> Any:
     """Instances of one batch of an array in one of `statuses`."""
-    return and_(TI.c.array_id == array_id, TI.c.array_batch_num == batch,
-                TI.c.status.in_(statuses))
+    return and_(TI.c.array_id == array_id, TI.c.array_batch_num == batch, TI.c.status.in_(statuses))
 
 
 def of_workflow(workflow_id: int, statuses: Sequence[str]) -> Any:
@@ -94,8 +100,11 @@ def deadline_passed(status: str) -> Any:
 
 def launched_silent(min_age: float) -> Any:
     """LAUNCHED instances past their deadline that were launched at least `min_age` ago."""
-    return and_(TI.c.status == "O", TI.c.report_by_date <= db_now(),
-                TI.c.status_date <= seconds_from_now(-min_age))
+    return and_(
+        TI.c.status == "O",
+        TI.c.report_by_date <= db_now(),
+        TI.c.status_date <= seconds_from_now(-min_age),
+    )
 
 
 def in_status_for(status: str, seconds: float) -> Any:
@@ -117,7 +126,10 @@ async def set_instances(
 
 
 async def set_tasks(
-    session: AsyncSession, ids: Sequence[int], status: str, values: dict[str, Any],
+    session: AsyncSession,
+    ids: Sequence[int],
+    status: str,
+    values: dict[str, Any],
     bump_attempts: bool = False,
 ) -> None:
     """Move locked tasks to `status` in one statement."""
@@ -146,7 +158,8 @@ async def next_batches(session: AsyncSession, array_id: int, count: int) -> int:
     """Reserve `count` new batch numbers of an array; returns the first."""
     last = (
         await session.execute(
-            update(ARRAY).where(ARRAY.c.id == array_id)
+            update(ARRAY)
+            .where(ARRAY.c.id == array_id)
             .values(last_batch_num=ARRAY.c.last_batch_num + count)
             .returning(ARRAY.c.last_batch_num)
         )
@@ -159,7 +172,9 @@ async def insert_queued(session: AsyncSession, rows: list[dict[str, Any]]) -> li
     if not rows:
         return []
     result = await session.execute(
-        TI.insert().values(status="Q", status_date=db_now()).returning(TI.c.id, sort_by_parameter_order=True),
+        TI.insert()
+        .values(status="Q", status_date=db_now())
+        .returning(TI.c.id, sort_by_parameter_order=True),
         rows,
     )
     return [int(r[0]) for r in result.all()]
@@ -180,12 +195,16 @@ async def set_distributor_ids(session: AsyncSession, mapping: dict[int, str]) ->
 
 async def count_where(session: AsyncSession, where: ColumnElement[bool]) -> int:
     """How many instances match."""
-    return int((await session.execute(select(func.count()).select_from(TI).where(where))).scalar_one())
+    return int(
+        (await session.execute(select(func.count()).select_from(TI).where(where))).scalar_one()
+    )
 
 
 async def hold_until(session: AsyncSession, ids: Sequence[int], when: Any) -> None:
     """Hold queued instances back until `when` (a retry delay)."""
     await session.execute(
-        update(TI).where(id_in(TI.c.id, ids, dialect(session))).values(available_date=when)
+        update(TI)
+        .where(id_in(TI.c.id, ids, dialect(session)))
+        .values(available_date=when)
         .execution_options(synchronize_session=False)
     )

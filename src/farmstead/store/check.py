@@ -7,7 +7,8 @@ from farmstead.fsm import CONSISTENT_LIVE_PAIRS, LIVE_TI
 
 _LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
 _PAIRS = " OR ".join(
-    f"(ti.status = '{a.value}' AND t.status = '{b.value}')" for a, b in sorted(CONSISTENT_LIVE_PAIRS)
+    f"(ti.status = '{a.value}' AND t.status = '{b.value}')"
+    for a, b in sorted(CONSISTENT_LIVE_PAIRS)
 )
 
 #: name -> (what it means, SQL selecting offending ids)
@@ -48,14 +49,16 @@ CHECKS: dict[str, tuple[str, str]] = {
         "SELECT ti.id FROM task_instance ti LEFT JOIN (SELECT entity_id, max(id) AS mid "
         "FROM event WHERE entity = 'task_instance' GROUP BY entity_id) e ON e.entity_id = ti.id "
         "LEFT JOIN event ev ON ev.id = e.mid "
-        "WHERE (ev.id IS NULL AND ti.status != 'Q') OR (ev.id IS NOT NULL AND ev.to_status != ti.status)",
+        "WHERE (ev.id IS NULL AND ti.status != 'Q') "
+        "OR (ev.id IS NOT NULL AND ev.to_status != ti.status)",
     ),
     "task_event_mismatch": (
         "a task whose last event does not end in its status (or a moved one with none)",
         "SELECT t.id FROM task t LEFT JOIN (SELECT entity_id, max(id) AS mid FROM event "
         "WHERE entity = 'task' GROUP BY entity_id) e ON e.entity_id = t.id "
         "LEFT JOIN event ev ON ev.id = e.mid "
-        "WHERE (ev.id IS NULL AND t.status != 'Q') OR (ev.id IS NOT NULL AND ev.to_status != t.status)",
+        "WHERE (ev.id IS NULL AND t.status != 'Q') "
+        "OR (ev.id IS NOT NULL AND ev.to_status != t.status)",
     ),
     "broken_event_chain": (
         "an event whose from-status is not the previous event's to-status",

@@ -6,20 +6,15 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from farmstead.db.models import Array, Workflow
-from farmstead.db.types import seconds_from_now
+from farmstead.db.types import db_now, seconds_from_now
 from farmstead.store.rows import InstanceRow, TaskRow
-from farmstead.store.sql import ERRLOG, TASK, TI, dialect, id_in
-
-ARRAY = Array.__table__
-WORKFLOW = Workflow.__table__
+from farmstead.store.sql import ERRLOG, TASK, TI, WORKFLOW, dialect, id_in
 
 
 async def lock_instance(session: AsyncSession, ti_id: int) -> InstanceRow | None:
     """Read an instance and lock its row (first of the two locks of a transition)."""
     stmt = (
-        select(TI.c.id, TI.c.task_id, TI.c.workflow_id, TI.c.array_id, TI.c.status,
-               TI.c.resources)
+        select(TI.c.id, TI.c.task_id, TI.c.workflow_id, TI.c.array_id, TI.c.status, TI.c.resources)
         .where(TI.c.id == ti_id)
         .with_for_update()
     )
@@ -31,20 +26,23 @@ async def lock_task(session: AsyncSession, task_id: int) -> TaskRow:
     """Read a task (with its workflow's retry delay) and lock the task row."""
     stmt = (
         select(
-            TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.name, TASK.c.command,
-            TASK.c.status, (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
-            TASK.c.max_attempts, TASK.c.resources,
-            TASK.c.resource_scales, WORKFLOW.c.retry_delay,
+            TASK.c.id,
+            TASK.c.workflow_id,
+            TASK.c.array_id,
+            TASK.c.name,
+            TASK.c.command,
+            TASK.c.status,
+            (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
+            TASK.c.max_attempts,
+            TASK.c.resources,
+            TASK.c.resource_scales,
+            WORKFLOW.c.retry_delay,
         )
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
         .where(TASK.c.id == task_id)
         .with_for_update(of=TASK)
     )
     return TaskRow(*(await session.execute(stmt)).one())
-
-
-
-
 
 
 async def heartbeat(
@@ -82,7 +80,8 @@ async def array_instance_id(
 ) -> int | None:
     """The instance that is step `step_id` of batch `batch_num` of array `array_id`."""
     stmt = select(TI.c.id).where(
-        TI.c.array_id == array_id, TI.c.array_batch_num == batch_num,
+        TI.c.array_id == array_id,
+        TI.c.array_batch_num == batch_num,
         TI.c.array_step_id == step_id,
     )
     return (await session.execute(stmt)).scalar()
@@ -91,8 +90,16 @@ async def array_instance_id(
 async def worker_view(session: AsyncSession, ti_id: int) -> dict[str, Any] | None:
     """What a worker node needs to run an instance: its task's name, command and log dirs."""
     stmt = (
-        select(TI.c.id, TI.c.status, TI.c.workflow_id, TI.c.task_id, TASK.c.name,
-               TASK.c.command, TI.c.resources, TASK.c.resources.label("task_resources"))
+        select(
+            TI.c.id,
+            TI.c.status,
+            TI.c.workflow_id,
+            TI.c.task_id,
+            TASK.c.name,
+            TASK.c.command,
+            TI.c.resources,
+            TASK.c.resources.label("task_resources"),
+        )
         .join(TASK, TASK.c.id == TI.c.task_id)
         .where(TI.c.id == ti_id)
     )
@@ -107,7 +114,7 @@ async def error_log(session: AsyncSession, ti_id: int) -> list[tuple[int, Any, s
         .where(ERRLOG.c.task_instance_id == ti_id)
         .order_by(ERRLOG.c.id)
     )
-    return [tuple(r) for r in (await session.execute(stmt)).all()]  # type: ignore[misc]
+    return [tuple(r) for r in (await session.execute(stmt)).all()]
 
 
 async def heartbeat_is_fresh(session: AsyncSession, ti_id: int) -> bool | None:

@@ -16,12 +16,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from farmstead.db.models import Array, Workflow
 from farmstead.db.types import JSONType, db_now
-from farmstead.store.sql import ERRLOG, EVENT, TASK, TI, dialect, id_in
-
-ARRAY = Array.__table__
-WORKFLOW = Workflow.__table__
+from farmstead.store.sql import ARRAY, ERRLOG, EVENT, TASK, TI, WORKFLOW, dialect, id_in
 
 
 async def create_workflow(session: AsyncSession, name: str, retry_delay: float) -> int:
@@ -35,36 +31,46 @@ async def create_array(
 ) -> int:
     """Insert an array whose first `batches` batch numbers are taken; returns its id."""
     stmt = ARRAY.insert().values(
-        workflow_id=workflow_id, name=name, last_batch_num=batches,
-        max_concurrently_running=max_running, created_date=db_now(),
+        workflow_id=workflow_id,
+        name=name,
+        last_batch_num=batches,
+        max_concurrently_running=max_running,
+        created_date=db_now(),
     )
     return int((await session.execute(stmt.returning(ARRAY.c.id))).scalar_one())
 
 
 def _task_columns(workflow_id: int, array_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "workflow_id": literal(workflow_id), "array_id": literal(array_id),
-        "status": literal("Q"), "status_date": db_now(), "num_attempts": literal(1),
-        "max_attempts": literal(spec["max_attempts"]), "priority": literal(spec["priority"]),
+        "workflow_id": literal(workflow_id),
+        "array_id": literal(array_id),
+        "status": literal("Q"),
+        "status_date": db_now(),
+        "num_attempts": literal(1),
+        "max_attempts": literal(spec["max_attempts"]),
+        "priority": literal(spec["priority"]),
         "resources": bindparam("resources", spec["resources"], type_=JSONType),
         "resource_scales": bindparam("scales", spec["resource_scales"], type_=JSONType),
-        "progress": literal(0.0), "time_submitted": db_now(),
+        "progress": literal(0.0),
+        "time_submitted": db_now(),
     }
 
 
 async def insert_range_tasks(
-    session: AsyncSession, workflow_id: int, array_id: int, first: int, last: int,
+    session: AsyncSession,
+    workflow_id: int,
+    array_id: int,
+    first: int,
+    last: int,
     spec: dict[str, Any],
 ) -> None:
-    """Insert one task per i in first..last, `{i}` substituted in command and name: one statement."""
+    """One task per i in first..last, `{i}` replaced in command and name: one statement."""
+    series: Any
     if dialect(session) == "postgresql":
         series = func.generate_series(first, last).table_valued("i").render_derived()
-    else:
-        series = (
-            select(literal(first).label("i"))
-            .cte("series", recursive=True)
-        )
-        series = series.union_all(select((series.c.i + 1).label("i")).where(series.c.i < last))
+    else:  # SQLite: a recursive CTE counts from first to last
+        start = select(literal(first).label("i")).cte("series", recursive=True)
+        series = start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
     i_text = cast(series.c.i, String)
     cols = _task_columns(workflow_id, array_id, spec)
     cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
@@ -79,32 +85,51 @@ async def insert_listed_tasks(
     """Insert tasks given one by one (an executemany of one statement)."""
     rows = [
         {
-            "workflow_id": workflow_id, "array_id": array_id, "name": t["name"],
-            "command": t["command"], "status": "Q", "num_attempts": 1,
-            "max_attempts": t["max_attempts"], "priority": t["priority"],
-            "resources": t["resources"], "resource_scales": t["resource_scales"],
+            "workflow_id": workflow_id,
+            "array_id": array_id,
+            "name": t["name"],
+            "command": t["command"],
+            "status": "Q",
+            "num_attempts": 1,
+            "max_attempts": t["max_attempts"],
+            "priority": t["priority"],
+            "resources": t["resources"],
+            "resource_scales": t["resource_scales"],
             "progress": 0.0,
         }
         for t in tasks
     ]
-    await session.execute(
-        TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows
-    )
+    await session.execute(TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows)
 
 
 async def insert_first_instances(session: AsyncSession, array_id: int, batch_size: int) -> int:
     """A QUEUED instance for every task of a new array, batch b / step s: one statement."""
     rank = (func.row_number().over(order_by=TASK.c.id) - 1).label("rank")
-    ranked = select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, rank).where(
-        TASK.c.array_id == array_id
-    ).subquery()
-    sel = select(
-        ranked.c.id, ranked.c.workflow_id, literal(array_id),
-        (cast(ranked.c.rank / batch_size, Integer) + 1), ranked.c.rank % batch_size,
-        literal("Q"), db_now(), ranked.c.resources,
+    ranked = (
+        select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, rank)
+        .where(TASK.c.array_id == array_id)
+        .subquery()
     )
-    cols = ["task_id", "workflow_id", "array_id", "array_batch_num", "array_step_id",
-            "status", "status_date", "resources"]
+    sel = select(
+        ranked.c.id,
+        ranked.c.workflow_id,
+        literal(array_id),
+        (cast(ranked.c.rank / batch_size, Integer) + 1),
+        ranked.c.rank % batch_size,
+        literal("Q"),
+        db_now(),
+        ranked.c.resources,
+    )
+    cols = [
+        "task_id",
+        "workflow_id",
+        "array_id",
+        "array_batch_num",
+        "array_step_id",
+        "status",
+        "status_date",
+        "resources",
+    ]
     result = await session.execute(insert(TI).from_select(cols, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -113,17 +138,26 @@ async def record_event(
     session: AsyncSession, workflow_id: int, to_status: str, details: dict[str, Any]
 ) -> None:
     """A workflow-level event (submission, cancel, resume)."""
-    await session.execute(EVENT.insert().values(
-        workflow_id=workflow_id, entity="workflow", entity_id=workflow_id, from_status=None,
-        to_status=to_status, details=details, time=db_now(),
-    ))
+    await session.execute(
+        EVENT.insert().values(
+            workflow_id=workflow_id,
+            entity="workflow",
+            entity_id=workflow_id,
+            from_status=None,
+            to_status=to_status,
+            details=details,
+            time=db_now(),
+        )
+    )
 
 
 async def workflow_row(session: AsyncSession, workflow_id: int) -> dict[str, Any] | None:
     """A workflow's own columns."""
-    row = (await session.execute(
-        select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)
-    )).mappings().first()
+    row = (
+        (await session.execute(select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)))
+        .mappings()
+        .first()
+    )
     return None if row is None else dict(row)
 
 
@@ -144,19 +178,35 @@ async def list_workflows(session: AsyncSession, limit: int, offset: int) -> list
 
 
 async def list_tasks(
-    session: AsyncSession, workflow_id: int, status: Sequence[str] | None, limit: int,
-    after_id: int, offset: int,
+    session: AsyncSession,
+    workflow_id: int,
+    status: Sequence[str] | None,
+    limit: int,
+    after_id: int,
+    offset: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of a workflow's tasks (by id), and how many match in all."""
     where = [TASK.c.workflow_id == workflow_id]
     if status:
         where.append(TASK.c.status.in_(status))
-    total = (await session.execute(select(func.count()).select_from(TASK).where(*where))).scalar_one()
+    total = (
+        await session.execute(select(func.count()).select_from(TASK).where(*where))
+    ).scalar_one()
     stmt = (
-        select(TASK.c.id, TASK.c.name, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts,
-               TASK.c.array_id, TASK.c.progress, TASK.c.last_error)
+        select(
+            TASK.c.id,
+            TASK.c.name,
+            TASK.c.status,
+            TASK.c.num_attempts,
+            TASK.c.max_attempts,
+            TASK.c.array_id,
+            TASK.c.progress,
+            TASK.c.last_error,
+        )
         .where(*where, TASK.c.id > after_id)
-        .order_by(TASK.c.id).limit(limit).offset(offset)
+        .order_by(TASK.c.id)
+        .limit(limit)
+        .offset(offset)
     )
     return [dict(r) for r in (await session.execute(stmt)).mappings().all()], int(total)
 
@@ -166,9 +216,11 @@ async def task_detail(session: AsyncSession, task_id: int) -> dict[str, Any] | N
     task = (await session.execute(select(TASK).where(TASK.c.id == task_id))).mappings().first()
     if task is None:
         return None
-    instances = (await session.execute(
-        select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)
-    )).mappings().all()
+    instances = (
+        (await session.execute(select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)))
+        .mappings()
+        .all()
+    )
     return {**dict(task), "instances": [dict(i) for i in instances]}
 
 
@@ -185,8 +237,10 @@ async def events_of(
 ) -> list[dict[str, Any]]:
     """A workflow's events in order."""
     stmt = (
-        select(EVENT).where(EVENT.c.workflow_id == workflow_id, EVENT.c.id > after_id)
-        .order_by(EVENT.c.id).limit(limit)
+        select(EVENT)
+        .where(EVENT.c.workflow_id == workflow_id, EVENT.c.id > after_id)
+        .order_by(EVENT.c.id)
+        .limit(limit)
     )
     return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
 
@@ -202,15 +256,18 @@ async def batch_keys(
         .join(ARRAY, ARRAY.c.id == TI.c.array_id)
         .where(id_in(TI.c.id, ti_ids, dialect(session)))
     )
-    return [tuple(r) for r in (await session.execute(stmt)).all()]  # type: ignore[misc]
+    return [tuple(r) for r in (await session.execute(stmt)).all()]
 
 
 async def cluster(session: AsyncSession, name: str) -> tuple[int, str, str, str | None] | None:
     """A cluster by name."""
-    row = (await session.execute(
-        text("SELECT id, name, cluster_type_name, connection_parameters FROM cluster "
-             "WHERE name = :name"), {"name": name},
-    )).first()
+    row = (
+        await session.execute(
+            text(
+                "SELECT id, name, cluster_type_name, connection_parameters FROM cluster "
+                "WHERE name = :name"
+            ),
+            {"name": name},
+        )
+    ).first()
     return None if row is None else (int(row[0]), row[1], row[2], row[3])
-
-
