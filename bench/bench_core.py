@@ -1,6 +1,6 @@
 """farmstead core benchmark: a real `farmstead serve` process on a fresh database, over HTTP.
 
-Figures (per backend), in the order they are printed:
+Figures (per backend):
   1. transition requests/s and p50/p99 latency with 64 concurrent simulated worker nodes, each
      taking instances and doing log_running, one log_report_by heartbeat, log_done;
   2. one batch heartbeat (log_report_by/batch) of 10,000 LAUNCHED instances, median of calls;
@@ -8,7 +8,7 @@ Figures (per backend), in the order they are printed:
   4. submit time of a 1,000,000-task array (POST /v3/workflows), which seeds (3).
 
 The phases run in the order 4, 3, 2, 1 on one server and one database, so the transition load
-runs against a table that already holds the big array.
+runs against tables that already hold the big array.
 
     .venv/bin/python bench/bench_core.py                  # both backends, full sizes
     .venv/bin/python bench/bench_core.py --quick --db sqlite
@@ -19,35 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import platform
 import random
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("FARMSTEAD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-INCREMENT = 600.0  # next_report_increment: long, so nothing expires during a run
-KINDS = ("log_running", "log_report_by", "log_done")
-EXPECT = {"log_running": "R", "log_report_by": "R", "log_done": "D"}
-
+from _harness import ROOT, CpuMeter, Server, fresh_database, pct, profiled, wait_quiet
+from _load import INCREMENT, KINDS, load_process, lookup_pass
 
 # ---- sizes and targets ----------------------------------------------------------------------
 
@@ -59,25 +48,24 @@ class Sizes:
     heartbeat_ids: int  # ids per batch heartbeat (figure 2)
     heartbeat_calls: int
     lookups: int
-    lookup_concurrency: int
 
 
-FULL = Sizes(1_000_000, 20_000, 10_000, 9, 5_000, 8)
-QUICK = Sizes(20_000, 2_000, 10_000, 5, 1_000, 8)
+FULL = Sizes(1_000_000, 20_000, 10_000, 9, 5_000)
+QUICK = Sizes(20_000, 2_000, 10_000, 5, 1_000)
 
 
 @dataclass
 class Target:
     key: str
     label: str
-    target: float
+    target: float  # 0: shown, no target
     unit: str
     higher_is_better: bool
 
     def ratio(self, value: float) -> float:
         """>= 1 means the target is met: measured/target for rates, target/measured for times."""
         if value <= 0:
-            return float("inf") if not self.higher_is_better else 0.0
+            return 0.0 if self.higher_is_better else float("inf")
         return value / self.target if self.higher_is_better else self.target / value
 
     def text(self) -> str:
@@ -85,11 +73,11 @@ class Target:
 
 
 TARGETS = [
-    Target("tps", "1. transition requests/s (64 nodes)", 1000, "req/s", True),
+    Target("tps", "1. transition requests/s, 64 nodes", 1000, "req/s", True),
     Target("tp50", "1. transition latency p50", 0, "ms", False),
     Target("tp99", "1. transition latency p99", 250, "ms", False),
-    Target("hb", "2. batch heartbeat, 10,000 ids (median)", 200, "ms", False),
-    Target("lk99", "3. array lookup p99 (1M instances)", 10, "ms", False),
+    Target("hb", "2. batch heartbeat of 10,000 ids, median", 200, "ms", False),
+    Target("lk99", "3. array lookup p99, 1M instances", 10, "ms", False),
     Target("submit", "4. submit a 1,000,000-task array", 60, "s", False),
 ]
 
@@ -102,244 +90,21 @@ def fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+@dataclass
+class Result:
+    backend: str
+    values: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        print(f"     {text}")
+        self.notes.append(text)
 
 
-# ---- databases and the server process --------------------------------------------------------
+# ---- HTTP helpers (API calls whose client cost does not matter) -----------------------------
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg  # the server's own driver; imported here so SQLite-only runs need no PG
-
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.contextmanager
-def fresh_database(backend: str, keep: bool) -> Iterator[str]:
-    """A new, empty, migrated database URL; removed afterwards unless `keep`."""
-    if backend == "sqlite":
-        tmp = Path(tempfile.mkdtemp(prefix="farmstead_bench_"))
-        try:
-            yield f"sqlite+aiosqlite:///{tmp / 'bench.db'}"  # the server creates and migrates it
-        finally:
-            if keep:
-                print(f"  kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return
-    name = f"farmstead_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "farmstead.cli.main", "db", "upgrade", "--database-url", url],
-            check=True, capture_output=True, cwd=ROOT,
-        )
-        yield url
-    finally:
-        if keep:
-            print(f"  kept database {name}")
-        else:
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`python -m farmstead.cli.main serve --port N --workers W` on `db_url`."""
-
-    def __init__(self, db_url: str, workers: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_url = db_url
-        self.workers = workers
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> Server:
-        env = {**os.environ, "FARMSTEAD_DATABASE_URL": self.db_url, "FARMSTEAD_LOG_LEVEL": "warning"}
-        cmd = [sys.executable, "-m", "farmstead.cli.main", "serve", "--port", str(self.port),
-               "--workers", str(self.workers)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    if len(self.pids()) > self.workers:  # every worker process is up
-                        return self
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
-
-    def pids(self) -> list[int]:
-        """The server's own processes: the uvicorn parent and its workers."""
-        if self.proc is None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-# ---- where the CPU goes ----------------------------------------------------------------------
-
-
-def _cpu_of(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
-
-
-def _postgres_pids() -> list[int]:
-    out = []
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] in ("postgres", "postmaster"):
-            out.append(p.pid)
-    return out
-
-
-class CpuMeter:
-    """CPU used during a phase, in cores: server processes, PostgreSQL, the whole machine."""
-
-    def __init__(self, server: Server, backend: str) -> None:
-        self.server, self.backend = server, backend
-
-    def __enter__(self) -> CpuMeter:
-        self.pg_pids = _postgres_pids() if self.backend == "postgresql" else []
-        self.t0 = time.perf_counter()
-        self.srv0 = _cpu_of(self.server.pids())
-        self.pg0 = _cpu_of(self.pg_pids)
-        self.m0 = psutil.cpu_times()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.t0
-        m1 = psutil.cpu_times()
-        busy = (sum(m1) - m1.idle - m1.iowait) - (sum(self.m0) - self.m0.idle - self.m0.iowait)
-        self.cores = {
-            "server": (_cpu_of(self.server.pids()) - self.srv0) / wall,
-            "postgres": (_cpu_of(_postgres_pids()) - self.pg0) / wall if self.pg_pids else 0.0,
-            "machine": busy / wall,
-        }
-
-    def text(self, client_cores: float | None = None) -> str:
-        parts = [f"server {self.cores['server']:.2f}"]
-        if self.backend == "postgresql":
-            parts.append(f"postgres {self.cores['postgres']:.2f}")
-        if client_cores is not None:
-            parts.append(f"load generator {client_cores:.2f}")
-        parts.append(f"whole machine {self.cores['machine']:.2f} of {os.cpu_count()}")
-        return "CPU cores busy: " + ", ".join(parts)
-
-
-@contextlib.contextmanager
-def profiled(server: Server, out_dir: Path | None, name: str) -> Iterator[None]:
-    """py-spy the server (parent and workers) while the block runs; print the hot spots."""
-    if out_dir is None:
-        yield
-        return
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / f"{name}.txt"
-    assert server.proc is not None
-    proc = subprocess.Popen(
-        [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking",
-         "--rate", "200", "--format", "raw", "--output", str(raw)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # py-spy attaches
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if raw.exists():
-            print(hot_spots(raw))
-
-
-def _package(frame: str) -> str:
-    path = frame[frame.rfind("(") + 1:]
-    for key in ("farmstead", "sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "uvicorn",
-                "starlette", "fastapi", "pydantic", "httptools", "uvloop", "asyncio", "json"):
-        if f"/{key}/" in path or f"/{key}." in path or f"{key}/" in path:
-            return key
-    return "other"
-
-
-def hot_spots(raw: Path, top: int = 12) -> str:
-    """Summarise a py-spy raw (collapsed stacks) file: by package, and farmstead functions."""
-    leaf_pkg: Counter[str] = Counter()
-    ours_incl: Counter[str] = Counter()
-    ours_self: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        frames = [f for f in stack.split(";") if "(" in f]
-        if not frames:
-            continue
-        total += n
-        leaf_pkg[_package(frames[-1])] += n
-        seen = set()
-        for f in frames:
-            if "farmstead/" in f:
-                fn = f.split(" (")[0] + " (" + f.split("farmstead/")[-1].rstrip(")").split(":")[0] + ")"
-                if fn not in seen:
-                    ours_incl[fn] += n
-                    seen.add(fn)
-        ours = [f for f in frames if "farmstead/" in f]
-        if ours and "farmstead/" in frames[-1]:
-            ours_self[ours[-1].split(" (")[0]] += n
-    if not total:
-        return f"  profile {raw}: no samples"
-    lines = [f"  py-spy profile {raw} ({total} samples, CPU only):",
-             "    where CPU samples end (leaf frame's package): " + ", ".join(
-                 f"{k} {100 * v / total:.0f}%" for k, v in leaf_pkg.most_common(8))]
-    lines.append("    farmstead functions, inclusive CPU share:")
-    lines += [f"      {100 * v / total:5.1f}%  {k}" for k, v in ours_incl.most_common(top)]
-    return "\n".join(lines)
-
-
-# ---- HTTP helpers ---------------------------------------------------------------------------
-
-
-async def post(client: httpx.AsyncClient, path: str, body: Any, timeout: float = 60) -> Any:
+async def post(client: httpx.AsyncClient, path: str, body: Any, timeout: float = 120) -> Any:
     r = await client.post(path, json=body, timeout=timeout)
     if r.status_code >= 300:
         raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:500]}")
@@ -352,16 +117,17 @@ async def lookup(client: httpx.AsyncClient, array_id: int, batch: int, step: int
     return int(r.json()["task_instance_id"])
 
 
-async def submit_array(client: httpx.AsyncClient, name: str, size: int) -> tuple[int, float]:
-    """Submit an array of `size` tasks; (array id, seconds)."""
+async def submit_array(client: httpx.AsyncClient, name: str, size: int) -> tuple[dict[str, Any],
+                                                                                float]:
+    """Submit an array of `size` tasks; (the workflow, seconds)."""
     t0 = time.perf_counter()
     out = await post(client, "/v3/workflows", {
         "name": name, "array": {"command": "echo {i}", "first": 0, "last": size - 1},
-    }, timeout=1800)
+    }, timeout=3600)
     elapsed = time.perf_counter() - t0
     if out["total"] != size:
         raise RuntimeError(f"submitted {size} tasks, the server counts {out['total']}")
-    return int(out["array_ids"][0]), elapsed
+    return out, elapsed
 
 
 async def instantiate_and_launch(
@@ -375,166 +141,62 @@ async def instantiate_and_launch(
         wanted = list(range(start, min(start + chunk, first_id + count)))
         out = await post(client, "/v3/fsm/task_instance/instantiate_task_instances",
                          {"task_instance_ids": wanted})
-        for array_id, _name, batch, _none, tis in out["task_instance_batches"]:
+        for array_id, _name, batch, *_rest, tis in out["task_instance_batches"]:
             batches.add((array_id, batch))
             ids += tis
+    launched = 0
     for array_id, batch in sorted(batches):
-        await post(client, f"/v3/fsm/array/{array_id}/transition_to_launched",
-                   {"batch_number": batch, "next_report_increment": INCREMENT})
-    if len(ids) != count:
-        raise RuntimeError(f"instantiated {len(ids)} of {count} instances")
+        out = await post(client, f"/v3/fsm/array/{array_id}/transition_to_launched",
+                         {"batch_number": batch, "next_report_increment": INCREMENT})
+        launched += out["launched"]
+    if len(ids) != count or launched != count:
+        raise RuntimeError(f"instantiated {len(ids)} and launched {launched} of {count}")
     return sorted(ids), time.perf_counter() - t0
 
 
-# ---- figure 1: the load generator (runs in its own processes) --------------------------------
-
-
-def load_process(args: tuple[str, list[int], int, float]) -> dict[str, Any]:
-    """One load-generator process: `nodes` concurrent simulated worker nodes."""
-    url, ids, nodes, start_at = args
-    return asyncio.run(_load(url, ids, nodes, start_at))
-
-
-async def _node(client: httpx.AsyncClient, name: str, queue: Iterator[int],
-                lat: dict[str, list[float]], errors: list[str]) -> None:
-    bodies = {
-        "log_running": {"nodename": name, "process_group_id": 1,
-                        "next_report_increment": INCREMENT},
-        "log_report_by": {"next_report_increment": INCREMENT},
-        "log_done": {"nodename": name, "wallclock": 1.0, "maxrss": 1 << 20},
-    }
-    for ti in queue:
-        for kind in KINDS:
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(f"/v3/fsm/task_instance/{ti}/{kind}", json=bodies[kind])
-            except httpx.HTTPError as exc:
-                errors.append(f"{kind} {ti}: {type(exc).__name__}")
-                continue
-            lat[kind].append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200:
-                errors.append(f"{kind} {ti}: HTTP {r.status_code} {r.text[:200]}")
-                continue
-            data = r.json()
-            status = data["task_instance"][1] if kind == "log_running" else data["status"]
-            if status != EXPECT[kind]:
-                errors.append(f"{kind} {ti}: answered status {status}")
-
-
-async def _load(url: str, ids: list[int], nodes: int, start_at: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=nodes, max_keepalive_connections=nodes)
-    lat: dict[str, list[float]] = {k: [] for k in KINDS}
-    errors: list[str] = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        await asyncio.gather(*(client.get("/health") for _ in range(nodes)))  # open connections
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        cpu0, t0 = time.process_time(), time.time()
-        queue = iter(ids)  # shared by the nodes: each id is taken once
-        await asyncio.gather(*(_node(client, f"bench-node-{os.getpid()}-{n}", queue, lat, errors)
-                               for n in range(nodes)))
-        t1, cpu1 = time.time(), time.process_time()
-    return {"lat": lat, "errors": errors, "t0": t0, "t1": t1, "cpu": cpu1 - cpu0}
-
-
-def run_load(url: str, ids: list[int], concurrency: int, procs: int) -> dict[str, Any]:
-    """Drive `ids` through the three worker reports from `procs` processes; merged figures."""
-    shares = [ids[i::procs] for i in range(procs)]
-    nodes = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
-    start_at = time.time() + 3.0 + 0.5 * procs  # every process starts together
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        parts = pool.map(load_process, [(url, s, n, start_at) for s, n in zip(shares, nodes,
-                                                                                strict=True)])
-    lat = {k: [x for p in parts for x in p["lat"][k]] for k in KINDS}
-    wall = max(p["t1"] for p in parts) - min(p["t0"] for p in parts)
-    every = [x for k in KINDS for x in lat[k]]
-    return {
-        "requests": len(every), "wall": wall, "rps": len(every) / wall,
-        "p50": pct(every, 50), "p99": pct(every, 99),
-        "by_kind": {k: (pct(v, 50), pct(v, 99)) for k, v in lat.items()},
-        "errors": [e for p in parts for e in p["errors"]],
-        "client_cores": sum(p["cpu"] for p in parts) / wall,
-    }
-
-
-# ---- one backend ---------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    backend: str
-    values: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+# ---- the phases -----------------------------------------------------------------------------
 
 
 async def phase_submit(client: httpx.AsyncClient, sz: Sizes, res: Result) -> tuple[int, int]:
-    array_id, seconds = await submit_array(client, "bench-big-array", sz.array)
+    wf, seconds = await submit_array(client, "bench-big-array", sz.array)
     res.values["submit"] = seconds
+    array_id = int(wf["array_ids"][0])
     first = await lookup(client, array_id, 1, 0)
-    print(f"  4. submit {sz.array:,} tasks: {seconds:.2f} s "
-          f"({sz.array / seconds:,.0f} tasks/s; array {array_id}, first instance {first})")
+    print(f"  4. submit {sz.array:,} tasks: {seconds:.2f} s ({sz.array / seconds:,.0f} tasks/s; "
+          f"array {array_id}, first instance {first})")
     return array_id, first
 
 
-async def _lookup_pass(client: httpx.AsyncClient, array_id: int, first: int, keys: list[Any],
-                       concurrency: int, batch_size: int) -> dict[str, Any]:
-    """Look every key up with `concurrency` requests in flight; latencies and surprises."""
-    lat: list[float] = []
-    missing: list[tuple[int, int]] = []
-    other = 0
-    it = iter(keys)
-
-    async def one() -> None:
-        nonlocal other
-        for b, s in it:
-            t0 = time.perf_counter()
-            r = await client.get(f"/v3/fsm/get_array_task_instance_id/{array_id}/{b}/{s}")
-            lat.append((time.perf_counter() - t0) * 1000)
-            if r.status_code == 404:
-                missing.append((b, s))
-            elif r.status_code != 200:
-                raise RuntimeError(f"lookup {b}/{s}: {r.status_code} {r.text[:300]}")
-            elif r.json()["task_instance_id"] != first + (b - 1) * batch_size + s:
-                other += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    return {"lat": lat, "rate": len(keys) / wall, "missing": missing, "other": other}
-
-
-async def phase_lookups(client: httpx.AsyncClient, array_id: int, first: int, sz: Sizes,
-                        batch_size: int, res: Result) -> None:
+async def phase_lookups(server: Server, args: argparse.Namespace, array_id: int, first: int,
+                        sz: Sizes, res: Result) -> None:
     rng = random.Random(1)
+    bs = args.array_batch_size
 
     def keys(n: int) -> list[tuple[int, int]]:
-        return [(i // batch_size + 1, i % batch_size)
-                for i in (rng.randrange(sz.array) for _ in range(n))]
+        return [(i // bs + 1, i % bs) for i in (rng.randrange(sz.array) for _ in range(n))]
 
-    await _lookup_pass(client, array_id, first, keys(200), sz.lookup_concurrency, batch_size)
-    serial = await _lookup_pass(client, array_id, first, keys(max(200, sz.lookups // 5)), 1,
-                                batch_size)
-    main = await _lookup_pass(client, array_id, first, keys(sz.lookups), sz.lookup_concurrency,
-                              batch_size)
+    def run(n: int, concurrency: int) -> Any:
+        return lookup_pass(args.client, server.host, server.port, array_id, first, keys(n),
+                           concurrency, bs)
+
+    await run(200, args.lookup_concurrency)  # warm-up
+    serial = await run(max(200, sz.lookups // 5), 1)
+    main = await run(sz.lookups, args.lookup_concurrency)
     lat = main["lat"]
     res.values["lk50"], res.values["lk99"] = pct(lat, 50), pct(lat, 99)
-    print(f"  3. array lookup: {len(lat):,} random (batch, step) at concurrency "
-          f"{sz.lookup_concurrency}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
-          f"max {max(lat):.1f} ms ({main['rate']:,.0f} lookups/s); one at a time: "
-          f"p50 {pct(serial['lat'], 50):.2f} ms, p99 {pct(serial['lat'], 99):.2f} ms "
-          f"({serial['rate']:,.0f}/s)")
-    missing = main["missing"] + serial["missing"]
+    print(f"  3. array lookup, {len(lat):,} random (batch, step) at concurrency "
+          f"{args.lookup_concurrency}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
+          f"max {max(lat):.1f} ms ({main['rate']:,.0f}/s)")
+    print(f"     one at a time: p50 {pct(serial['lat'], 50):.2f} ms, "
+          f"p99 {pct(serial['lat'], 99):.2f} ms ({serial['rate']:,.0f}/s)")
     checked = len(lat) + len(serial["lat"])
+    missing = main["missing"] + serial["missing"]
     if missing:
-        note = (f"array lookup: {len(missing)} of {checked} existing (batch, step) answered "
-                f"404, e.g. {missing[:3]}")
-        print(f"     WARNING: {note}")
-        res.notes.append(note)
+        res.note(f"WARNING array lookup: {len(missing)} of {checked} existing (batch, step) "
+                 f"answered 404, e.g. {missing[:3]}")
     if main["other"] + serial["other"]:
-        note = (f"array lookup: {main['other'] + serial['other']} of {checked} answered an "
-                f"instance other than the array's ((batch-1)*{batch_size}+step)-th")
-        print(f"     WARNING: {note}")
-        res.notes.append(note)
+        res.note(f"WARNING array lookup: {main['other'] + serial['other']} of {checked} "
+                 f"answered an instance other than the ((batch-1)*{bs}+step)-th of the array")
 
 
 async def phase_heartbeat(client: httpx.AsyncClient, first: int, sz: Sizes, res: Result) -> None:
@@ -551,63 +213,98 @@ async def phase_heartbeat(client: httpx.AsyncClient, first: int, sz: Sizes, res:
     res.values["hb"] = statistics.median(times)
     print(f"  2. batch heartbeat of {len(ids):,} LAUNCHED ids: median {res.values['hb']:.1f} ms "
           f"(min {min(times):.1f}, max {max(times):.1f}, {len(times)} calls; "
-          f"instantiate+launch setup {setup:.2f} s)")
+          f"instantiate + launch of them took {setup:.2f} s)")
 
 
-async def prepare_transitions(client: httpx.AsyncClient, n: int) -> tuple[list[int], int, float]:
-    """A fresh array of n tasks, instantiated and launched: (instance ids, workflow id, s)."""
-    out = await post(client, "/v3/workflows", {
-        "name": "bench-transitions", "array": {"command": "echo {i}", "first": 0, "last": n - 1},
-    }, timeout=600)
-    first = await lookup(client, int(out["array_ids"][0]), 1, 0)
-    ids, seconds = await instantiate_and_launch(client, first, n)
-    return ids, int(out["id"]), seconds
+def run_load(server: Server, args: argparse.Namespace, ids: list[int]) -> dict[str, Any]:
+    """Drive `ids` through the three worker reports from `args.clients` processes."""
+    procs, conc = args.clients, args.concurrency
+    shares = [ids[i::procs] for i in range(procs)]
+    nodes = [conc // procs + (1 if i < conc % procs else 0) for i in range(procs)]
+    start_at = time.time() + 3.0 + 0.5 * procs  # spawned processes import, connect, then start
+    jobs = [(args.client, server.host, server.port, share, n, start_at)
+            for share, n in zip(shares, nodes, strict=True)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.map(load_process, jobs)
+    lat = {k: [x for p in parts for x in p["lat"][k]] for k in KINDS}
+    wall = max(p["t1"] for p in parts) - min(p["t0"] for p in parts)
+    every = [x for k in KINDS for x in lat[k]]
+    errors: Counter[str] = Counter()
+    for p in parts:
+        errors.update(p["errors"])
+    return {
+        "requests": len(every), "wall": wall, "rps": len(every) / wall,
+        "p50": pct(every, 50), "p99": pct(every, 99),
+        "by_kind": {k: (pct(v, 50), pct(v, 99)) for k, v in lat.items()},
+        "errors": errors, "client_cpu": sum(p["cpu"] for p in parts),
+        "reconnects": sum(p["reconnects"] for p in parts),
+    }
 
 
 def phase_transitions(server: Server, backend: str, args: argparse.Namespace, sz: Sizes,
                       res: Result) -> None:
     async def prepare() -> tuple[list[int], int, float]:
         async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
-            return await prepare_transitions(client, sz.transitions)
+            wf, _ = await submit_array(client, "bench-transitions", sz.transitions)
+            first = await lookup(client, int(wf["array_ids"][0]), 1, 0)
+            ids, seconds = await instantiate_and_launch(client, first, sz.transitions)
+            return ids, int(wf["id"]), seconds
 
     ids, wf_id, setup = asyncio.run(prepare())
-    print(f"  1. {sz.transitions:,} tasks instantiated and launched in {setup:.2f} s "
-          f"({sz.transitions / setup:,.0f}/s); {args.concurrency} simulated nodes in "
-          f"{args.clients} load-generator process(es) ...", flush=True)
+    quiet(args, res)
+    print(f"  1. {sz.transitions:,} tasks instantiated and launched in {setup:.2f} s; "
+          f"{args.concurrency} simulated nodes, {args.client} client, {args.clients} "
+          f"load-generator process(es) ...", flush=True)
     with profiled(server, args.profile, f"{backend}-transitions"), \
             CpuMeter(server, backend) as cpu:
-        load = run_load(server.url, ids, args.concurrency, args.clients)
+        load = run_load(server, args, ids)
+        cpu.add_client(load["client_cpu"])
     res.values.update(tps=load["rps"], tp50=load["p50"], tp99=load["p99"])
-    kinds = "; ".join(f"{k} p50 {a:.1f} / p99 {b:.1f} ms" for k, (a, b) in load["by_kind"].items())
     print(f"  1. transitions: {load['requests']:,} requests in {load['wall']:.1f} s = "
           f"{load['rps']:,.0f} req/s; p50 {load['p50']:.1f} ms, p99 {load['p99']:.1f} ms")
-    print(f"     {kinds}")
-    print(f"     {cpu.text(load['client_cores'])}")
-    res.notes.append(cpu.text(load["client_cores"]))
+    print("     " + "; ".join(f"{k} p50 {a:.1f} / p99 {b:.1f} ms"
+                              for k, (a, b) in load["by_kind"].items()))
+    res.note(f"transitions: {cpu.text()}")
     if load["errors"]:
-        print(f"     {len(load['errors'])} errors, e.g. {load['errors'][:3]}")
-        res.notes.append(f"{len(load['errors'])} transition errors")
+        total = sum(load["errors"].values())
+        res.note(f"WARNING transitions: {total} failed or unexpected answers: "
+                 + "; ".join(f"{n} x {e}" for e, n in load["errors"].most_common(4)))
+    if load["reconnects"]:
+        print(f"     {load['reconnects']} stale keep-alive connections reopened")
     counts = httpx.get(f"{server.url}/v3/workflows/{wf_id}", timeout=60).json()["counts"]
     if counts != {"D": sz.transitions}:
-        print(f"     WARNING: the transitions workflow's task counts are {counts}")
+        res.note(f"WARNING transitions: the workflow's task counts are {counts}, "
+                 f"not all {sz.transitions} DONE")
+
+
+def quiet(args: argparse.Namespace, res: Result) -> None:
+    """Wait for other programs on the machine to calm down; note how busy they were."""
+    load = wait_quiet(args.wait_quiet)
+    print(f"     background load before the phase: {load:.2f} cores")
+    if load >= 0.3:
+        res.note(f"WARNING other programs kept {load:.2f} cores busy before a phase")
 
 
 def run_backend(backend: str, args: argparse.Namespace, sz: Sizes, work: Path) -> Result:
     res = Result(backend)
-    print(f"\n=== {backend}: {args.workers} server process(es), fresh database ===", flush=True)
+    print(f"\n=== {backend}: farmstead serve --workers {args.workers}, fresh database ===",
+          flush=True)
+    quiet(args, res)
     with fresh_database(backend, args.keep) as url:
         server = Server(url, args.workers, work / f"server-{backend}.log").start()
         try:
             async def api_phases() -> None:
-                async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
                     with profiled(server, args.profile, f"{backend}-submit"), \
                             CpuMeter(server, backend) as cpu:
                         array_id, first = await phase_submit(client, sz, res)
-                    print(f"     {cpu.text()}")
-                    with profiled(server, args.profile, f"{backend}-lookup"):
-                        await phase_lookups(client, array_id, first, sz, args.array_batch_size,
-                                            res)
-                    await phase_heartbeat(client, first, sz, res)
+                    res.note(f"submit: {cpu.text()}")
+                    with profiled(server, args.profile, f"{backend}-lookup"), \
+                            CpuMeter(server, backend) as cpu:
+                        await phase_lookups(server, args, array_id, first, sz, res)
+                    res.note(f"lookups: {cpu.text()}")
+                    with profiled(server, args.profile, f"{backend}-heartbeat"):
+                        await phase_heartbeat(client, first, sz, res)
 
             asyncio.run(api_phases())
             phase_transitions(server, backend, args, sz, res)
@@ -619,11 +316,13 @@ def run_backend(backend: str, args: argparse.Namespace, sz: Sizes, work: Path) -
 
 # ---- output -------------------------------------------------------------------------------
 
+NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
 
 def _cell(t: Target, res: Result) -> tuple[str, str, str]:
     v = res.values.get(t.key)
     if v is None:
-        return "-", "-", "-"
+        return "-", "", ""
     if not t.target:
         return f"{fmt(v)} {t.unit}", "", ""
     r = t.ratio(v)
@@ -631,68 +330,93 @@ def _cell(t: Target, res: Result) -> tuple[str, str, str]:
 
 
 def print_backend(res: Result) -> None:
-    print(f"\n  {res.backend} figures (ratio >= 1 means the target is met: measured/target for "
-          "a rate, target/measured for a time)")
-    print(f"  {'figure':<42} {'measured':>14} {'target':>14} {'ratio':>7}  status")
+    print(f"\n  {NAMES[res.backend]} (ratio >= 1 means met: measured/target for a rate, "
+          "target/measured for a time)")
+    print(f"  {'figure':<42} {'measured':>12} {'target':>14} {'ratio':>7}  status")
     for t in TARGETS:
         value, ratio, status = _cell(t, res)
-        target = t.text() if t.target else ""
-        print(f"  {t.label:<42} {value:>14} {target:>14} {ratio:>7}  {status}")
+        print(f"  {t.label:<42} {value:>12} {t.text() if t.target else '':>14} {ratio:>7}  "
+              f"{status}")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out + (" + uncommitted changes in src/" if dirty else "")
 
 
 def print_summary(results: list[Result], args: argparse.Namespace, sz: Sizes) -> None:
-    cols = [r.backend for r in results]
-    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
     print("\n## farmstead core benchmark\n")
-    print("| Figure | Target | " + " | ".join(names[c] for c in cols) + " |")
-    print("|---|---|" + "---|" * len(cols))
+    print("| Figure | Target | " + " | ".join(NAMES[r.backend] for r in results) + " |")
+    print("|---|---|" + "---|" * len(results))
     for t in TARGETS:
         cells = []
         for r in results:
             value, ratio, status = _cell(t, r)
-            cells.append(value if not ratio else f"{value} ({ratio}, {status})")
-        target = t.text() if t.target else "-"
-        print(f"| {t.label[3:]} | {target} | " + " | ".join(cells) + " |")
-    print(f"\nSizes: {sz.array:,}-task array; {sz.transitions:,} tasks x 3 worker reports at "
-          f"{args.concurrency} concurrent nodes from {args.clients} load-generator process(es) "
-          f"(httpx); {sz.heartbeat_ids:,} ids per batch heartbeat; {sz.lookups:,} lookups at "
-          f"concurrency {sz.lookup_concurrency}. Server: `farmstead serve --workers "
-          f"{args.workers}` (uvicorn). Machine: {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {platform.system()} {platform.release()}; the server, "
-          f"the database and the load generator share it. Latencies are client-side.")
-    print(f"Command: `{' '.join(['python', *sys.argv])}`")
+            cells.append(f"{value} ({ratio}, {status})" if ratio else value)
+        print(f"| {t.label[3:]} | {t.text() if t.target else '-'} | " + " | ".join(cells) + " |")
+    print(f"\n{sz.array:,}-task array; {sz.transitions:,} tasks x 3 worker reports from "
+          f"{args.concurrency} concurrent simulated nodes ({args.client} HTTP/1.1 keep-alive "
+          f"client, {args.clients} load-generator process(es)); {sz.heartbeat_ids:,} ids per "
+          f"batch heartbeat, median of {sz.heartbeat_calls}; {sz.lookups:,} lookups at "
+          f"concurrency {args.lookup_concurrency}. Server: `farmstead serve --workers "
+          f"{args.workers}` (uvicorn), farmstead {_git_commit()}. Machine: {os.cpu_count()} "
+          f"cores shared by the server, the database and the load generator; Python "
+          f"{platform.python_version()}. Latencies are measured by the client."
+          + (" py-spy was attached (figures perturbed)." if args.profile else ""))
+    print(f"Command: `{' '.join(['python', *sys.argv])}`\n")
     for r in results:
         for note in r.notes:
-            print(f"- {names[r.backend]}: {note}")
+            print(f"- {NAMES[r.backend]}: {note}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=(__doc__ or "").split("\n", 1)[1])
     p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     p.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run under a minute")
-    p.add_argument("--clients", type=int, default=1,
-                   help="load-generator processes for figure 1 (default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (20k-task array, 2k tasks driven): a smoke run")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="load-generator HTTP client for figures 1 and 3 (default raw: minimal "
+                   "asyncio HTTP/1.1, one keep-alive connection per node; httpx: one pooled "
+                   "AsyncClient per process, which costs ~20x more client CPU per request)")
+    p.add_argument("--clients", type=int, help="load-generator processes for figure 1 "
+                   "(default 1 with --client raw, 2 with httpx)")
     p.add_argument("--concurrency", type=int, default=64, help="simulated worker nodes")
+    p.add_argument("--lookup-concurrency", type=int, default=4,
+                   help="lookups in flight for figure 3 (default 4)")
     p.add_argument("--tasks", type=int, help="tasks driven in figure 1 (default 20,000)")
     p.add_argument("--array-size", type=int, help="tasks of the big array (default 1,000,000)")
     p.add_argument("--array-batch-size", type=int, default=1000,
                    help="must match the server's FARMSTEAD_ARRAY_BATCH_SIZE (default 1000)")
     p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="py-spy the server during submit, lookups and transitions; raw stacks "
-                   "in DIR, hot spots printed")
+                   help="py-spy the server in each phase: raw stacks in DIR, hot spots printed")
+    p.add_argument("--wait-quiet", type=float, default=300, metavar="SECONDS",
+                   help="before each backend and before figure 1, wait up to this long for "
+                   "other programs to use under 0.3 cores (default 300)")
     p.add_argument("--keep", action="store_true", help="keep the databases afterwards")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.clients is None:
+        args.clients = 1 if args.client == "raw" else 2
     sz = QUICK if args.quick else FULL
-    if args.tasks:
-        sz.transitions = args.tasks
-    if args.array_size:
-        sz.array = args.array_size
+    sz.transitions = args.tasks or sz.transitions
+    sz.array = args.array_size or sz.array
     sz.heartbeat_ids = min(sz.heartbeat_ids, sz.array)
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     work = Path(tempfile.mkdtemp(prefix="farmstead_bench_logs_"))
-    print(f"farmstead core benchmark ({'quick' if args.quick else 'full'}); server logs in {work}")
+    print(f"farmstead core benchmark ({'quick' if args.quick else 'full'} sizes); "
+          f"server logs in {work}")
     results = [run_backend(b, args, sz, work) for b in backends]
     print_summary(results, args, sz)
 

@@ -43,7 +43,7 @@ def _pg_reachable() -> bool:
 
     try:
         asyncio.run(probe())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 

@@ -225,6 +225,7 @@ class WorkflowOut(BaseModel):
     percent_done: float
     created_date: datetime
     retry_delay: float
+    cancelled_date: datetime | None = None
     array_ids: list[int] = []
 
 

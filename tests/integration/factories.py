@@ -5,7 +5,7 @@ for test setup, write) the database directly through a `Database` from the `db` 
 """
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -276,3 +276,14 @@ async def seconds_to_deadline(db: Database, ti_id: int) -> float:
     deadline = (await ti_row(db, ti_id))["report_by_date"]
     assert deadline is not None
     return (deadline - await db_clock(db)).total_seconds()
+
+
+async def each_case(cases: dict[str, Any], check: Callable[..., Awaitable[None]]) -> None:
+    """Run `check(*case)` for every case; fail once at the end, naming every failing case."""
+    failures = []
+    for name, case in cases.items():
+        try:
+            await check(*case)
+        except AssertionError as exc:
+            failures.append(f"[{name}] {exc}")
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures)

@@ -32,9 +32,11 @@ from factories import (
 from farmstead.db.engine import Database
 from farmstead.fsm import tables_as_json
 
-pytestmark = pytest.mark.parametrize("prefix", PREFIXES)
+API = "/api/v3"  # the mount Jobmon's own clients use
+BOTH = pytest.mark.parametrize("prefix", PREFIXES)
 
 
+@BOTH
 async def test_log_running_answers_jobmons_nine_tuple(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -51,8 +53,10 @@ async def test_log_running_answers_jobmons_nine_tuple(
               "nodename": "node1.cluster", "distributor_id": "77_0"},
     )
     body = await ok(resp)
-    assert body == {"task_instance": [ti_id, "R", wf["id"], task_id, "t0", "echo 0", wf["id"],
-                                      "/logs/out", "/logs/err"]}
+    assert body["task_instance"] == [ti_id, "R", wf["id"], task_id, "t0", "echo 0", wf["id"],
+                                     "/logs/out", "/logs/err"]
+    if "resources" in body:  # farmstead's addition: the instance's own resources
+        assert body["resources"] == {"stdout": "/logs/out", "stderr": "/logs/err", "memory": 2}
     row = await ti_row(db, ti_id)
     assert (row["status"], row["nodename"], row["process_group_id"], row["distributor_id"]) == (
         "R", "node1.cluster", "1234", "77_0")
@@ -61,7 +65,7 @@ async def test_log_running_answers_jobmons_nine_tuple(
 
 
 async def test_log_running_without_log_dirs_answers_nulls(
-    client: httpx.AsyncClient, prefix: str
+    client: httpx.AsyncClient, prefix: str = API
 ) -> None:
     wf = await submit(client, 1)
     ti_id = await live_ti(client, wf["task_ids"][0])
@@ -71,6 +75,7 @@ async def test_log_running_without_log_dirs_answers_nulls(
     assert tup[1] == "R" and tup[7:] == [None, None]
 
 
+@BOTH
 async def test_log_report_by_extends_a_running_deadline(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -82,7 +87,7 @@ async def test_log_report_by_extends_a_running_deadline(
 
 
 async def test_log_report_by_on_a_queued_instance_answers_its_status(
-    client: httpx.AsyncClient, db: Database, prefix: str
+    client: httpx.AsyncClient, db: Database, prefix: str = API
 ) -> None:
     wf = await submit(client, 1)
     ti_id = await live_ti(client, wf["task_ids"][0])
@@ -91,7 +96,7 @@ async def test_log_report_by_on_a_queued_instance_answers_its_status(
 
 
 async def test_log_report_by_batch_extends_launched_and_running_only(
-    client: httpx.AsyncClient, db: Database, prefix: str
+    client: httpx.AsyncClient, db: Database, prefix: str = API
 ) -> None:
     wf = await submit(client, 4)
     tis = [await live_ti(client, t) for t in wf["task_ids"]]
@@ -114,7 +119,7 @@ async def test_log_report_by_batch_extends_launched_and_running_only(
 
 
 async def test_log_done_finishes_instance_and_task(
-    client: httpx.AsyncClient, db: Database, prefix: str
+    client: httpx.AsyncClient, db: Database, prefix: str = FSM
 ) -> None:
     wf, task_id, ti_id = await running_task(client)
     resp = await client.post(f"{prefix}/task_instance/{ti_id}/log_done",
@@ -131,6 +136,7 @@ async def test_log_done_finishes_instance_and_task(
     assert (summary["status"], summary["percent_done"]) == ("D", 100.0)
 
 
+@BOTH
 async def test_log_error_worker_node_and_error_log(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -150,6 +156,7 @@ async def test_log_error_worker_node_and_error_log(
         "task_instance_error_log": []}
 
 
+@BOTH
 async def test_get_array_task_instance_id_steps_from_zero(
     client: httpx.AsyncClient, prefix: str
 ) -> None:
@@ -170,7 +177,7 @@ async def test_get_array_task_instance_id_steps_from_zero(
 
 
 async def test_log_distributor_id_launches_once(
-    client: httpx.AsyncClient, db: Database, prefix: str
+    client: httpx.AsyncClient, db: Database, prefix: str = API
 ) -> None:
     wf = await submit(client, 1)
     task_id = wf["task_ids"][0]
@@ -192,7 +199,7 @@ async def test_log_distributor_id_launches_once(
 
 
 async def test_log_no_distributor_id_retries_the_task(
-    client: httpx.AsyncClient, db: Database, prefix: str
+    client: httpx.AsyncClient, db: Database, prefix: str = API
 ) -> None:
     wf = await submit(client, 1)
     task_id = wf["task_ids"][0]
@@ -208,7 +215,7 @@ async def test_log_no_distributor_id_retries_the_task(
     assert [e[2] for e in log["task_instance_error_log"]] == ["sbatch: error"]
 
 
-async def test_log_known_error(client: httpx.AsyncClient, db: Database, prefix: str) -> None:
+async def test_log_known_error(client: httpx.AsyncClient, db: Database, prefix: str = API) -> None:
     wf = await submit(client, 1)
     task_id = wf["task_ids"][0]
     ti_id = await live_ti(client, task_id)
@@ -227,6 +234,7 @@ async def test_log_known_error(client: httpx.AsyncClient, db: Database, prefix: 
     assert [e[2] for e in log["task_instance_error_log"]] == ["OOM killed"]
 
 
+@BOTH
 async def test_log_unknown_error_waits_for_the_deadline(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -246,6 +254,7 @@ async def test_log_unknown_error_waits_for_the_deadline(
     assert [e[2] for e in log["task_instance_error_log"]] == ["lost"]
 
 
+@BOTH
 async def test_instantiate_answers_batches(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -266,6 +275,7 @@ async def test_instantiate_answers_batches(
     assert await instantiate(client, [tis[0], tis[1], retry], prefix) == []
 
 
+@BOTH
 async def test_array_launch_kill_and_distributor_ids(
     client: httpx.AsyncClient, db: Database, prefix: str
 ) -> None:
@@ -303,6 +313,7 @@ async def test_array_launch_kill_and_distributor_ids(
     assert again == {"killed": 0}
 
 
+@BOTH
 async def test_cluster_lookup(client: httpx.AsyncClient, prefix: str) -> None:
     body = await ok(client.get(f"{prefix}/cluster/local"))
     cluster_id, name, kind, params = body["cluster"]
@@ -310,7 +321,7 @@ async def test_cluster_lookup(client: httpx.AsyncClient, prefix: str) -> None:
     assert await ok(client.get(f"{prefix}/cluster/nowhere")) == {"cluster": None}
 
 
-async def test_transitions_table_is_served(client: httpx.AsyncClient, prefix: str) -> None:
+async def test_transitions_table_is_served(client: httpx.AsyncClient) -> None:
     body = await ok(client.get("/v3/fsm/transitions"))
     assert body == tables_as_json()
     assert "R" in body["task_instance"]["valid"]["T"]
@@ -318,6 +329,7 @@ async def test_transitions_table_is_served(client: httpx.AsyncClient, prefix: st
     assert set(body["task"]["statuses"]) == set("GQIORDEAF")
 
 
+@BOTH
 async def test_every_route_appears_under_both_prefixes(
     client: httpx.AsyncClient, prefix: str
 ) -> None:
@@ -344,6 +356,7 @@ async def test_every_route_appears_under_both_prefixes(
         assert route in paths, route
 
 
+@BOTH
 async def test_a_whole_try_through_the_routes(
     client: httpx.AsyncClient, prefix: str
 ) -> None:
@@ -355,8 +368,11 @@ async def test_a_whole_try_through_the_routes(
     await launch(client, ti_id, prefix)
     await running(client, ti_id, prefix)
     assert await heartbeat(client, ti_id, INC, prefix) == "R"
-    assert (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_done", json={}))
-            )["status"] == "D"
+    # Jobmon's client sends fields farmstead does not know: they are ignored, not refused
+    resp = await client.post(f"{prefix}/task_instance/{ti_id}/log_done",
+                             params={"client_jobmon_version": "3.4.8"},
+                             json={"usage_str": "x", "exec_time": 3, "nodename": "n"})
+    assert (await ok(resp))["status"] == "D"
     detail = await task(client, task_id)
     assert detail["status"] == "D" and [i["status"] for i in detail["instances"]] == ["D"]
     moves = [(e["entity"], e["from_status"], e["to_status"]) for e in await events(client, wf["id"])
@@ -370,7 +386,7 @@ async def test_a_whole_try_through_the_routes(
 
 
 async def test_log_running_from_queued_walks_the_task(client: httpx.AsyncClient, db: Database,
-                                                    prefix: str) -> None:
+                                                    prefix: str = FSM) -> None:
     """Q straight to R (a worker started by hand): the task walks Q -> I -> R."""
     wf = await submit(client, 2)
     t0, t1 = wf["task_ids"]

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from factories import (
-    INC,
     FSM,
+    INC,
     events,
     heartbeat,
     instances_of,

@@ -20,6 +20,7 @@ from factories import (
     task_row,
     ti_row,
 )
+from sqlalchemy import text
 
 from farmstead.db.engine import Database
 from farmstead.services.check import check
@@ -129,7 +130,7 @@ async def test_cancel_stops_queued_work_and_tells_running_workers(
 ) -> None:
     wf = await submit(client, 5)
     tis = [await live_ti(client, t) for t in wf["task_ids"]]
-    q, i, o, r, d = tis
+    _q, i, o, r, d = tis
     for ti, status in ((i, "I"), (o, "O"), (r, "R"), (d, "R")):
         await to_status(client, ti, status)
     assert await done(client, d) == "D"
@@ -160,6 +161,29 @@ async def test_cancel_stops_queued_work_and_tells_running_workers(
     assert summary["status"] == "F" and summary["counts"] == {"F": 4, "D": 1}
     for task_id in wf["task_ids"][:4]:
         assert len(await instances_of(db, task_id)) == 1  # cancelled work is never retried
+    await assert_consistent(db)
+
+
+async def test_cancel_does_not_miss_an_instance_locked_by_a_concurrent_transaction(
+    client: httpx.AsyncClient, db: Database, backend: str
+) -> None:
+    """A transition (or a reconciler sweep) holds one instance's row while the operator
+    cancels: once it commits, that instance must be cancelled too, not silently skipped."""
+    wf = await submit(client, 3)
+    tis = [await live_ti(client, t) for t in wf["task_ids"]]
+    for ti in tis:
+        await to_status(client, ti, "R")
+    async with db.write_engine.connect() as conn:
+        await conn.begin()  # on SQLite: BEGIN IMMEDIATE, the database's write lock
+        if backend == "postgresql":
+            await conn.execute(text("SELECT id FROM task_instance WHERE id = :i FOR UPDATE"),
+                               {"i": tis[1]})
+        cancelling = asyncio.create_task(cancel(client, wf["id"]))
+        await asyncio.sleep(0.5)
+        await conn.commit()
+    answer = await asyncio.wait_for(cancelling, 10)
+    assert [(await ti_row(db, ti))["status"] for ti in tis] == ["K", "K", "K"]
+    assert answer["total"] == 3 and answer["changed"] == {"K": 3}
     await assert_consistent(db)
 
 

@@ -9,6 +9,7 @@ from factories import (
     INC,
     LIVE,
     done,
+    each_case,
     error,
     events,
     heartbeat,
@@ -133,68 +134,68 @@ async def _instance_in(client: httpx.AsyncClient, status: str, **submit_extra: A
     return wf, task_id, ti_id
 
 
-@pytest.mark.parametrize("case", list(REPEATS))
-async def test_a_repeated_request_writes_nothing(
-    client: httpx.AsyncClient, db: Database, case: str
-) -> None:
-    before_status, route, body, expected = REPEATS[case]
-    _, _, ti_id = await _instance_in(client, before_status)
-    assert (await ti_row(db, ti_id))["status"] == before_status
-    url = f"{FSM}/task_instance/{ti_id}/{route}"
-    first = await ok(client.post(url, json=body))
-    after_first = await written(db, ti_id)
-    assert after_first["ti"]["status"] != before_status
-    second = await ok(client.post(url, json=body))
-    assert await written(db, ti_id) == after_first
-    if route == "log_running":
-        assert first["task_instance"] == second["task_instance"]
-        assert second["task_instance"][1] == expected
-    elif expected is None:
-        assert second["message"] in ("", "already LAUNCHED")
-    else:
-        assert first == second == expected
+async def test_a_repeated_request_writes_nothing(client: httpx.AsyncClient, db: Database) -> None:
+    async def check(before_status: str, route: str, body: dict[str, Any], expected: Any) -> None:
+        _, _, ti_id = await _instance_in(client, before_status)
+        assert (await ti_row(db, ti_id))["status"] == before_status
+        url = f"{FSM}/task_instance/{ti_id}/{route}"
+        first = await ok(client.post(url, json=body))
+        after_first = await written(db, ti_id)
+        assert after_first["ti"]["status"] != before_status
+        second = await ok(client.post(url, json=body))
+        assert await written(db, ti_id) == after_first
+        if route == "log_running":
+            assert first["task_instance"] == second["task_instance"]
+            assert second["task_instance"][1] == expected
+        elif expected is None:
+            assert second["message"] in ("", "already LAUNCHED")
+        else:
+            assert first == second == expected
+
+    await each_case(REPEATS, check)
 
 
 # ---- error-log rows only for applied transitions -------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("status", "route", "body", "code"),
-    [
-        ("Q", "log_error_worker_node", {"error_state": "E", "error_description": "x"}, 409),
-        ("R", "log_no_distributor_id", {"no_id_err_msg": "x"}, 409),
-        ("Q", "log_known_error", {"error_state": "E", "error_message": "x"}, 409),
-        ("D", "log_error_worker_node", {"error_state": "E", "error_description": "x"}, 200),
-        ("D", "log_known_error", {"error_state": "U", "error_message": "x"}, 200),
-        ("E", "log_known_error", {"error_state": "U", "error_message": "x"}, 200),
-        ("E", "log_error_worker_node", {"error_state": "Z", "error_description": "x"}, 200),
-        ("F", "log_no_distributor_id", {"no_id_err_msg": "x"}, 200),
-    ],
-)
+NOT_APPLIED: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    # name: (instance status, route, body, expected code)
+    "invalid E from Q": ("Q", "log_error_worker_node", {"error_state": "E"}, 409),
+    "invalid W from R": ("R", "log_no_distributor_id", {"no_id_err_msg": "x"}, 409),
+    "invalid known E from Q": ("Q", "log_known_error", {"error_state": "E"}, 409),
+    "untimely E on D": ("D", "log_error_worker_node", {"error_state": "E"}, 200),
+    "untimely U on D": ("D", "log_known_error", {"error_state": "U"}, 200),
+    "untimely U on E": ("E", "log_known_error", {"error_state": "U"}, 200),
+    "untimely Z on E": ("E", "log_error_worker_node", {"error_state": "Z"}, 200),
+    "untimely W on F": ("F", "log_no_distributor_id", {"no_id_err_msg": "x"}, 200),
+}
+
+
 async def test_no_error_log_row_unless_the_transition_applies(
-    client: httpx.AsyncClient, db: Database, status: str, route: str, body: dict[str, Any],
-    code: int,
+    client: httpx.AsyncClient, db: Database
 ) -> None:
-    if status in "QR":
-        _, _, ti_id = await _instance_in(client, status)
-    else:
-        _, _, ti_id = await _instance_in(client, "R")
-        if status == "D":
-            await done(client, ti_id)
-        elif status == "E":
-            await error(client, ti_id, "E", "first")
+    async def check(status: str, route: str, body: dict[str, Any], code: int) -> None:
+        if status in "QR":
+            _, _, ti_id = await _instance_in(client, status)
         else:
-            await error(client, ti_id, "F", "first")
-    before = await written(db, ti_id)
-    resp = await client.post(f"{FSM}/task_instance/{ti_id}/{route}", json=body)
-    assert resp.status_code == code, resp.text
-    if code == 409:
-        assert resp.json()["status"] == status
-    else:
+            _, _, ti_id = await _instance_in(client, "R")
+            if status == "D":
+                await done(client, ti_id)
+            else:
+                await error(client, ti_id, status, "first")
+        body = {**body, "error_description": "late", "error_message": "late"}
+        before = await written(db, ti_id)
+        resp = await client.post(f"{FSM}/task_instance/{ti_id}/{route}", json=body)
+        assert resp.status_code == code, resp.text
         answer = resp.json()
-        assert answer.get("status", status) == status
-        assert "message" not in answer or answer["message"] != ""
-    assert await written(db, ti_id) == before
+        if code == 409:
+            assert answer["status"] == status, answer
+        else:
+            assert answer.get("status", status) == status, answer
+            assert answer.get("message", "x") != "", answer
+        assert await written(db, ti_id) == before
+
+    await each_case(NOT_APPLIED, check)
 
 
 # ---- omitted optional fields never overwrite ------------------------------------------------
@@ -240,32 +241,45 @@ async def test_a_worker_error_without_extras_keeps_them(
     assert (row["stdout"], row["stderr"], row["nodename"]) == ("/o", "/e", None)
 
 
+async def test_a_heartbeat_for_a_finished_instance_writes_nothing(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Jobmon moves report_by and NULLs omitted fields even on a DONE instance; not here."""
+    _, _, ti_id = await running_task(client)
+    await heartbeat(client, ti_id, stdout="/o")
+    assert await done(client, ti_id) == "D"
+    before = await written(db, ti_id)
+    assert await heartbeat(client, ti_id, 5000, stderr="/e") == "D"
+    assert await written(db, ti_id) == before
+
+
 # ---- orphans: an instance of a settled task ends ERROR_FATAL, the task untouched ------------
 
 
-@pytest.mark.parametrize("task_status", ["D", "F"])
-@pytest.mark.parametrize(
-    ("route", "body"),
-    [
-        ("log_done", {}),
-        ("log_error_worker_node", {"error_state": "E", "error_description": "late"}),
-        ("log_error_worker_node", {"error_state": "Z", "error_description": "late"}),
-        ("log_known_error", {"error_state": "U", "error_message": "late"}),
-    ],
-)
-async def test_an_orphan_ends_error_fatal(
-    client: httpx.AsyncClient, db: Database, task_status: str, route: str, body: dict[str, Any]
-) -> None:
-    _, task_id, ti_id = await running_task(client)
-    await set_task_status(db, task_id, task_status)
-    task_before = await task_row(db, task_id)
-    instances = len(await instances_of(db, task_id))
-    resp = await ok(client.post(f"{FSM}/task_instance/{ti_id}/{route}", json=body))
-    if "status" in resp:
-        assert resp["status"] == "F"
-    assert (await ti_row(db, ti_id))["status"] == "F"
-    assert await task_row(db, task_id) == task_before
-    assert len(await instances_of(db, task_id)) == instances
+ORPHAN_REPORTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "done": ("log_done", {}),
+    "error": ("log_error_worker_node", {"error_state": "E", "error_description": "late"}),
+    "resource": ("log_error_worker_node", {"error_state": "Z", "error_description": "late"}),
+    "unknown": ("log_known_error", {"error_state": "U", "error_message": "late"}),
+}
+
+
+async def test_an_orphan_ends_error_fatal(client: httpx.AsyncClient, db: Database) -> None:
+    async def check(task_status: str, route: str, body: dict[str, Any]) -> None:
+        _, task_id, ti_id = await running_task(client)
+        await set_task_status(db, task_id, task_status)
+        task_before = await task_row(db, task_id)
+        instances = len(await instances_of(db, task_id))
+        resp = await ok(client.post(f"{FSM}/task_instance/{ti_id}/{route}", json=body))
+        if "status" in resp:
+            assert resp["status"] == "F", resp
+        assert (await ti_row(db, ti_id))["status"] == "F"
+        assert await task_row(db, task_id) == task_before
+        assert len(await instances_of(db, task_id)) == instances
+
+    cases = {f"{name} with task {ts}": (ts, *case)
+             for name, case in ORPHAN_REPORTS.items() for ts in ("D", "F")}
+    await each_case(cases, check)
 
 
 # ---- KILL_SELF ------------------------------------------------------------------------------
@@ -310,6 +324,35 @@ async def test_kill_self_error_reports_end_fatal(
     await set_ti_status(db, ti_id, "K")
     assert await error(client, ti_id, report, "stopped") == "F"
     assert len(await instances_of(db, task_id)) == 1  # no retry of a killed instance
+
+
+# ---- NO_HEARTBEAT: a worker that starts late gets its instance retried ----------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("log_running", {"next_report_increment": INC}),
+        ("log_known_error", {"error_state": "E", "error_message": "never reported"}),
+        ("log_known_error", {"error_state": "U", "error_message": "never reported"}),
+    ],
+)
+async def test_no_heartbeat_then_a_late_report_retries(
+    client: httpx.AsyncClient, db: Database, route: str, body: dict[str, Any]
+) -> None:
+    wf = await submit(client, 1)
+    task_id = wf["task_ids"][0]
+    ti_id = await live_ti(client, task_id)
+    await instantiate(client, [ti_id])
+    await launch(client, ti_id)
+    await set_ti_status(db, ti_id, "X")
+    answer = await ok(client.post(f"{FSM}/task_instance/{ti_id}/{route}", json=body))
+    if route == "log_running":
+        assert answer["task_instance"][1] == "E"  # the worker must not run it
+    assert (await ti_row(db, ti_id))["status"] == "E"
+    t = await task_row(db, task_id)
+    assert (t["status"], t["num_attempts"]) == ("Q", 2)
+    assert await heartbeat(client, ti_id) == "E"
 
 
 # ---- at most one live instance per task -----------------------------------------------------

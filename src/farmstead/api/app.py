@@ -88,6 +88,19 @@ def _executor(settings: Settings) -> LocalExecutor:
     )
 
 
+def _log_to_stderr(level: str) -> None:
+    """farmstead's own log lines (reconciler, executor, errors) beside uvicorn's."""
+    logger = logging.getLogger("farmstead")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (`--factory`): settings from FARMSTEAD_* variables."""
-    return create_app(Settings())
+    settings = Settings()
+    _log_to_stderr(settings.log_level)
+    return create_app(settings)

@@ -30,11 +30,11 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FarmsteadError)
     code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
-    if code == 503:
-        log.warning("503 for %s %s: %s", request.method, request.url.path, exc.details)
-    body = {"detail": exc.message, "error": type(exc).__name__, **exc.details}
-    if code == 503:
-        body.pop("error_detail", None)
+    details = dict(exc.details)
+    internal = details.pop("error_detail", None)  # the database's own words: for the log only
+    if internal is not None:
+        log.warning("%s for %s %s: %s", code, request.method, request.url.path, internal)
+    body = {"detail": exc.message, **details, "error": type(exc).__name__}
     return JSONResponse(body, status_code=code, headers=headers)
 
 

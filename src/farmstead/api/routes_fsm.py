@@ -227,7 +227,7 @@ async def array_log_distributor_id(
     db: DatabaseDep, array_id: int, body: dict[int, str] = Body(...)
 ) -> dict[str, bool]:
     """Record the job ids of many instances: {task_instance_id: distributor_id}."""
-    await nodes.set_distributor_ids(db, body)
+    await nodes.set_distributor_ids(db, array_id, body)
     return {"success": True}
 
 

@@ -33,6 +33,8 @@ class Workflow(Base):
     created_date: Mapped[datetime] = mapped_column(UTCDateTime)
     #: seconds a retry instance is held back before it may be instantiated
     retry_delay: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    #: set by a cancel, cleared by a resume: while set, no task of the workflow is retried
+    cancelled_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Array(Base):

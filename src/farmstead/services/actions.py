@@ -27,15 +27,32 @@ async def _require(db: Database, workflow_id: int) -> None:
 async def cancel(db: Database, workflow_id: int) -> dict[str, Any]:
     """Queued and instantiated instances → ERROR_FATAL; launched and running → KILL_SELF."""
     await _require(db, workflow_id)
+    async with unit_of_work(db) as session:
+        # From now on no task of the workflow is retried, whatever races this cancel.
+        await wf_store.mark_cancelled(session, workflow_id)
     total = BulkResult()
+    # Repeat until a whole pass moves nothing: a retry a racing report queued is caught too.
+    while await _cancel_round(db, workflow_id, total):
+        pass
+    return {"workflow_id": workflow_id, "changed": total.moved, "total": total.total}
+
+
+async def _cancel_round(db: Database, workflow_id: int, total: BulkResult) -> int:
+    """One pass over every cancellable instance; how many moved."""
+    before = total.total
     for statuses, to in (
         (["Q", "I", "X"], TIStatus.ERROR_FATAL),
         (["O", "R", "T"], TIStatus.KILL_SELF),
     ):
         while True:
             async with unit_of_work(db) as session:
+                # Wait for locked rows (up to the lock timeout) rather than skip them: an
+                # instance in the middle of a transition must not escape the cancel.
                 cands = await bulk_store.lock_candidates(
-                    session, bulk_store.of_workflow(workflow_id, statuses), limit=CHUNK
+                    session,
+                    bulk_store.of_workflow(workflow_id, statuses),
+                    limit=CHUNK,
+                    skip_locked=False,
                 )
                 moved = await apply_bulk(
                     session,
@@ -51,7 +68,7 @@ async def cancel(db: Database, workflow_id: int) -> dict[str, Any]:
             total.add(moved)
             if len(cands) < CHUNK or not moved.total:
                 break
-    return {"workflow_id": workflow_id, "changed": total.moved, "total": total.total}
+    return total.total - before
 
 
 async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, Any]:
@@ -63,6 +80,8 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
     path = task_path(T.ERROR_FATAL, T.QUEUED)
     assert path is not None, "the task table must let an operator resume ERROR_FATAL"
     changed: Counter[str] = Counter()
+    async with unit_of_work(db) as session:
+        await wf_store.clear_cancelled(session, workflow_id)  # retries are allowed again
     while True:
         async with unit_of_work(db) as session:
             tasks = await store.lock_failed_tasks(session, workflow_id, CHUNK)
@@ -99,6 +118,7 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
     if everything:
         async with unit_of_work(db) as session:
             changed["refreshed"] += await store.refresh_tries(session, workflow_id)
+    changed = +changed  # drop zero counts: a resume with nothing to do reports nothing
     if changed:
         async with unit_of_work(db) as session:
             await wf_store.record_event(

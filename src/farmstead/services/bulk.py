@@ -65,7 +65,8 @@ async def apply_bulk(
     result = BulkResult()
     groups: dict[Apply, list[Candidate]] = defaultdict(list)
     for c in candidates:
-        d = _decide(c.ti_status, c.task_status, requested, c.tries, c.max_attempts)
+        allowed = min(c.tries, c.max_attempts) if c.cancelled else c.max_attempts
+        d = _decide(c.ti_status, c.task_status, requested, c.tries, allowed)
         if isinstance(d, Apply):
             groups[d].append(c)
         else:
@@ -95,7 +96,7 @@ async def apply_bulk(
         if move.ti_to.value in ERROR_LOGGED:
             await store.add_error_logs(session, {i: t for i, t in why.items() if t})
         if move.task_path:
-            await _move_tasks(session, move, members, error or next(iter(why.values())), events)
+            await _move_tasks(session, move, members, why, events)
         if move.retry:
             result.retried += await _queue_retries(session, move.adjust, members, events)
         result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)
@@ -108,7 +109,7 @@ async def _move_tasks(
     session: AsyncSession,
     move: Apply,
     members: Sequence[Candidate],
-    error: str | None,
+    why: dict[int, str | None],
     events: list[EventRow],
 ) -> None:
     values: dict[str, Any] = {}
@@ -118,8 +119,9 @@ async def _move_tasks(
         values["time_finished"] = db_now()
     if move.task_to == TaskStatus.DONE:
         values["progress"] = 100.0
-    if error:
-        values["last_error"] = error[:10_000]
+    errors = {c.task_id: text[:10_000] for c in members if (text := why.get(c.ti_id))}
+    if errors:
+        values["last_error"] = store.per_task(errors)
     await store.set_tasks(
         session, [c.task_id for c in members], move.task_to.value, values, bump_attempts=move.retry
     )

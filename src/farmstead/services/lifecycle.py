@@ -1,6 +1,7 @@
 """Start-up checks and the background loops the app runs in its lifespan."""
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 from collections.abc import Callable, Coroutine
@@ -59,21 +60,18 @@ class Background:
         self.settings = settings
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self._leader_lock: IO[bytes] | None = None
         self._locks: list[IO[bytes]] = []
 
     def start(self) -> None:
         """Start every enabled loop."""
         if self.settings.reconciler_enabled:
             database = self.db.write_engine.url.database
+            lock = None
             if self.db.is_sqlite and database and database != ":memory:":
                 # On SQLite one process reconciles: the one holding a lock on a side file.
-                self._leader_lock = leader_lock(f"{database}.reconciler.lock")
-            if not self.db.is_sqlite or self._leader_lock is not None:
-                loop = Reconciler(self.db, self.settings).run(self.stop_event)
-                self.tasks.append(asyncio.create_task(loop, name="reconciler"))
-            else:
-                log.info("another server process reconciles this SQLite database")
+                # (On PostgreSQL every process sweeps; SKIP LOCKED keeps them apart.)
+                lock = f"{database}.reconciler.lock"
+            self.add("reconciler", Reconciler(self.db, self.settings).run, lock)
 
     def add(
         self,
@@ -81,15 +79,30 @@ class Background:
         loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
         lock_path: str | None = None,
     ) -> None:
-        """Run another loop beside the others; with `lock_path`, only in the process that
-        holds that lock (one of several server processes)."""
-        if lock_path is not None:
-            handle = leader_lock(lock_path)
-            if handle is None:
-                log.info("another server process runs the %s", name)
+        """Run another loop beside the others; with `lock_path`, only in the one process that
+        holds that lock. The others keep trying, so one takes over if the holder dies."""
+        coro = (
+            loop(self.stop_event) if lock_path is None else self._as_leader(name, lock_path, loop)
+        )
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _as_leader(
+        self, name: str, path: str, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+    ) -> None:
+        waited = False
+        while not self.stop_event.is_set():
+            handle = leader_lock(path)
+            if handle is not None:
+                self._locks.append(handle)
+                if waited:
+                    log.info("this server process now runs the %s", name)
+                await loop(self.stop_event)
                 return
-            self._locks.append(handle)
-        self.tasks.append(asyncio.create_task(loop(self.stop_event), name=name))
+            if not waited:
+                log.info("another server process runs the %s", name)
+                waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), self.settings.reconciler_interval)
 
     async def stop(self) -> None:
         """Stop every loop at once and wait for it."""
@@ -97,6 +110,5 @@ class Background:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for handle in [self._leader_lock, *self._locks]:
-            if handle is not None:
-                handle.close()
+        for handle in self._locks:
+            handle.close()

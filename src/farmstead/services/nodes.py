@@ -4,6 +4,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from farmstead.db.engine import Database
 from farmstead.db.types import db_now
 from farmstead.fsm import TIStatus
@@ -115,9 +117,15 @@ async def instantiate(db: Database, ids: Sequence[int]) -> list[list[Any]]:
     return [[a, name, b, None, sorted(tis)] for (a, name, b), tis in sorted(batches.items())]
 
 
+async def _require_array(session: AsyncSession, array_id: int) -> None:
+    if not await bulk_store.array_exists(session, array_id):
+        raise NotFound(f"array {array_id} not found", array_id=array_id)
+
+
 async def launch_batch(db: Database, array_id: int, batch: int, increment: float) -> BulkResult:
     """Every INSTANTIATED instance of an array batch → LAUNCHED, with a heartbeat deadline."""
     async with unit_of_work(db) as session:
+        await _require_array(session, array_id)
         cands = await bulk_store.lock_candidates(
             session, bulk_store.of_batch(array_id, batch, ["I"])
         )
@@ -133,6 +141,7 @@ async def launch_batch(db: Database, array_id: int, batch: int, increment: float
 async def kill_batch(db: Database, array_id: int, batch: int) -> BulkResult:
     """Every KILL_SELF instance of an array batch → ERROR_FATAL (its jobs were terminated)."""
     async with unit_of_work(db) as session:
+        await _require_array(session, array_id)
         cands = await bulk_store.lock_candidates(
             session, bulk_store.of_batch(array_id, batch, ["K"])
         )
@@ -141,12 +150,13 @@ async def kill_batch(db: Database, array_id: int, batch: int) -> BulkResult:
         )
 
 
-async def set_distributor_ids(db: Database, mapping: dict[int, str]) -> int:
-    """Record many instances' distributor ids (no status change)."""
+async def set_distributor_ids(db: Database, array_id: int, mapping: dict[int, str]) -> int:
+    """Record the distributor ids of many instances of an array (no status change)."""
     if not mapping:
         raise BadRequest("no task instance ids given")
     async with unit_of_work(db) as session:
-        return await bulk_store.set_distributor_ids(session, mapping)
+        await _require_array(session, array_id)
+        return await bulk_store.set_distributor_ids(session, array_id, mapping)
 
 
 async def launched(db: Database, ti_id: int, distributor_id: str, increment: float) -> Outcome:

@@ -27,6 +27,11 @@ class Outcome:
     resources: dict[str, Any] | None = None  # the instance's own (scaled after retries)
 
 
+def _allowed(tries: int, max_attempts: int, cancelled: bool) -> int:
+    """Tries allowed: none beyond those made once the workflow is cancelled."""
+    return min(tries, max_attempts) if cancelled else max_attempts
+
+
 async def transition(
     db: Database,
     ti_id: int,
@@ -70,7 +75,7 @@ async def transition_in(
         TaskStatus(task.status),
         requested,
         task.tries,
-        task.max_attempts,
+        _allowed(task.tries, task.max_attempts, task.cancelled),
     )
     match decision:
         case Same(status):
@@ -97,6 +102,7 @@ async def transition_in(
         ti.resources,
         task.resource_scales,
         task.retry_delay,
+        task.cancelled,
         None,
     )
     result = await apply_bulk(

@@ -18,17 +18,19 @@ async def unit_of_work(db: Database, *, write: bool = True) -> AsyncIterator[Asy
         async with factory() as session, session.begin():
             yield session
     except IntegrityError as exc:
-        raise Conflict("the change conflicts with stored state", error=str(exc.orig)) from exc
+        raise Conflict(
+            "the change conflicts with stored state", error_detail=str(exc.orig)
+        ) from exc
     except DataError as exc:
-        raise BadRequest("a value does not fit the database", error=str(exc.orig)) from exc
+        raise BadRequest("a value does not fit the database", error_detail=str(exc.orig)) from exc
     except (OperationalError, InterfaceError) as exc:
-        raise Unavailable("database unavailable or busy", error=str(exc.orig)) from exc
+        raise Unavailable("database unavailable or busy", error_detail=str(exc.orig)) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated or _looks_transient(str(exc.orig)):
-            raise Unavailable("database unavailable or busy", error=str(exc.orig)) from exc
+            raise Unavailable("database unavailable or busy", error_detail=str(exc.orig)) from exc
         raise
     except (OSError, TimeoutError) as exc:
-        raise Unavailable("database unreachable", error=str(exc)) from exc
+        raise Unavailable("database unreachable", error_detail=str(exc)) from exc
 
 
 _TRANSIENT = (

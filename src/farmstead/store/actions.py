@@ -35,7 +35,7 @@ async def lock_failed_tasks(
         .where(TASK.c.workflow_id == workflow_id, TASK.c.status == "F", ~live)
         .order_by(TASK.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update()
     )
     return [FailedTask(*r) for r in (await session.execute(stmt)).all()]
 

@@ -27,6 +27,7 @@ class Candidate:
     resources: dict[str, Any] | None
     resource_scales: dict[str, float] | None
     retry_delay: float
+    cancelled: bool  # the workflow was cancelled: no retries
     report_by_date: datetime | None
 
 
@@ -46,6 +47,7 @@ def _candidates(
             TI.c.resources,
             TASK.c.resource_scales,
             WORKFLOW.c.retry_delay,
+            WORKFLOW.c.cancelled_date.is_not(None),
             TI.c.report_by_date,
         )
         .join(TASK, TASK.c.id == TI.c.task_id)
@@ -125,6 +127,11 @@ async def set_instances(
     await session.execute(stmt)
 
 
+def per_task(values: dict[int, Any]) -> Any:
+    """A column value that differs by task: CASE task.id WHEN … THEN … END."""
+    return case(values, value=TASK.c.id, else_=TASK.c.last_error)
+
+
 async def set_tasks(
     session: AsyncSession,
     ids: Sequence[int],
@@ -180,13 +187,13 @@ async def insert_queued(session: AsyncSession, rows: list[dict[str, Any]]) -> li
     return [int(r[0]) for r in result.all()]
 
 
-async def set_distributor_ids(session: AsyncSession, mapping: dict[int, str]) -> int:
-    """Write many instances' distributor ids in one statement."""
+async def set_distributor_ids(session: AsyncSession, array_id: int, mapping: dict[int, str]) -> int:
+    """Write the distributor ids of many instances of one array in one statement."""
     if not mapping:
         return 0
     stmt = (
         update(TI)
-        .where(id_in(TI.c.id, list(mapping), dialect(session)))
+        .where(TI.c.array_id == array_id, id_in(TI.c.id, list(mapping), dialect(session)))
         .values(distributor_id=case(mapping, value=TI.c.id))
         .execution_options(synchronize_session=False)
     )
@@ -198,6 +205,12 @@ async def count_where(session: AsyncSession, where: ColumnElement[bool]) -> int:
     return int(
         (await session.execute(select(func.count()).select_from(TI).where(where))).scalar_one()
     )
+
+
+async def array_exists(session: AsyncSession, array_id: int) -> bool:
+    """Whether there is such an array."""
+    found = await session.execute(select(ARRAY.c.id).where(ARRAY.c.id == array_id))
+    return found.first() is not None
 
 
 async def hold_until(session: AsyncSession, ids: Sequence[int], when: Any) -> None:

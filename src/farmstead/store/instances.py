@@ -37,12 +37,14 @@ async def lock_task(session: AsyncSession, task_id: int) -> TaskRow:
             TASK.c.resources,
             TASK.c.resource_scales,
             WORKFLOW.c.retry_delay,
+            WORKFLOW.c.cancelled_date.is_not(None),
         )
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
         .where(TASK.c.id == task_id)
         .with_for_update(of=TASK)
     )
-    return TaskRow(*(await session.execute(stmt)).one())
+    row: Any = (await session.execute(stmt)).one()
+    return TaskRow(*row)
 
 
 async def heartbeat(

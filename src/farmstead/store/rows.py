@@ -32,6 +32,7 @@ class TaskRow:
     resources: dict[str, Any] | None
     resource_scales: dict[str, float] | None
     retry_delay: float
+    cancelled: bool  # the workflow was cancelled: no retries
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    Integer,
     String,
     bindparam,
     cast,
@@ -114,7 +113,7 @@ async def insert_first_instances(session: AsyncSession, array_id: int, batch_siz
         ranked.c.id,
         ranked.c.workflow_id,
         literal(array_id),
-        (cast(ranked.c.rank / batch_size, Integer) + 1),
+        (ranked.c.rank // batch_size) + 1,
         ranked.c.rank % batch_size,
         literal("Q"),
         db_now(),
@@ -132,6 +131,22 @@ async def insert_first_instances(session: AsyncSession, array_id: int, batch_siz
     ]
     result = await session.execute(insert(TI).from_select(cols, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_cancelled(session: AsyncSession, workflow_id: int) -> None:
+    """Flag a workflow as cancelled (kept if it already is)."""
+    await session.execute(
+        WORKFLOW.update()
+        .where(WORKFLOW.c.id == workflow_id, WORKFLOW.c.cancelled_date.is_(None))
+        .values(cancelled_date=db_now())
+    )
+
+
+async def clear_cancelled(session: AsyncSession, workflow_id: int) -> None:
+    """Lift a workflow's cancel flag."""
+    await session.execute(
+        WORKFLOW.update().where(WORKFLOW.c.id == workflow_id).values(cancelled_date=None)
+    )
 
 
 async def record_event(
