@@ -90,7 +90,8 @@ async def _truncate(url: str) -> None:
     try:
         async with engine.begin() as conn:
             if url.startswith("postgresql"):
-                await conn.execute(text(f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in TABLES)} RESTART IDENTITY"))
+                quoted = ", ".join(f'"{t}"' for t in TABLES)
+                await conn.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY"))
             else:
                 for table in TABLES:
                     await conn.execute(text(f'DELETE FROM "{table}"'))
