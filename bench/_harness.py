@@ -154,13 +154,19 @@ class Server:
 # ---- where the CPU goes ---------------------------------------------------------------------
 
 
-def _cpu_of(pids: list[int]) -> float:
-    total = 0.0
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of `pids` that is still alive."""
+    out = {}
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
+            out[pid] = t.user + t.system
+    return out
+
+
+def _used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two snapshots (a process gone by the second one is lost)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 def _postgres_pids(database: str) -> list[int]:
@@ -212,9 +218,10 @@ class CpuMeter:
         wall = time.perf_counter() - self.t0
         pg = 0.0
         if self.pg_pids:
-            pg = _cpu_of(list(set(self.pg_pids) | set(_postgres_pids(self.database)))) - self.pg0
+            pg = _used(self.pg0, _cpu_of(list(set(self.pg_pids)
+                                              | set(_postgres_pids(self.database)))))
         self.cores = {
-            "server": (_cpu_of(self.server.pids()) - self.srv0) / wall,
+            "server": _used(self.srv0, _cpu_of(self.server.pids())) / wall,
             "postgres": pg / wall,
             "client": (time.process_time() - self.me0 + self.extra_client) / wall,
             "machine": (_busy(psutil.cpu_times()) - self.m0) / wall,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
-INCREMENT = 600.0  # next_report_increment: long, so nothing expires during a run
+INCREMENT = 86400.0  # next_report_increment: a day, so no deadline passes during a run
 KINDS = ("log_running", "log_report_by", "log_done")
 EXPECT = {"log_running": "R", "log_report_by": "R", "log_done": "D"}
 NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,

@@ -250,8 +250,8 @@ def phase_transitions(server: Server, backend: str, args: argparse.Namespace, sz
             ids, seconds = await instantiate_and_launch(client, first, sz.transitions)
             return ids, int(wf["id"]), seconds
 
+    quiet(args, res)  # before the instances are launched: their deadlines run from then on
     ids, wf_id, setup = asyncio.run(prepare())
-    quiet(args, res)
     print(f"  1. {sz.transitions:,} tasks instantiated and launched in {setup:.2f} s; "
           f"{args.concurrency} simulated nodes, {args.client} client, {args.clients} "
           f"load-generator process(es) ...", flush=True)
@@ -365,7 +365,8 @@ def print_summary(results: list[Result], args: argparse.Namespace, sz: Sizes) ->
           f"client, {args.clients} load-generator process(es)); {sz.heartbeat_ids:,} ids per "
           f"batch heartbeat, median of {sz.heartbeat_calls}; {sz.lookups:,} lookups at "
           f"concurrency {args.lookup_concurrency}. Server: `farmstead serve --workers "
-          f"{args.workers}` (uvicorn), farmstead {_git_commit()}. Machine: {os.cpu_count()} "
+          f"{args.workers}` (uvicorn; default settings, reconciler on), farmstead "
+          f"{_git_commit()}. Machine: {os.cpu_count()} "
           f"cores shared by the server, the database and the load generator; Python "
           f"{platform.python_version()}. Latencies are measured by the client."
           + (" py-spy was attached (figures perturbed)." if args.profile else ""))

@@ -331,6 +331,26 @@ def test_final_report_survives_a_server_restart(
         second.stop()
 
 
+def test_unusable_log_dir_is_reported_not_left_running(server: Any, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    logs = str(not_a_dir / "logs")
+    ran = tmp_path / "ran"
+    _, task_id, ti_id = one_task(
+        server.url, command=f"touch {ran}", resources={"stdout": logs, "stderr": logs}
+    )
+
+    res = run_worker("--server-url", server.url, "--task-instance-id", str(ti_id))
+
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "logs" in res.stderr
+    first = task_detail(server.url, task_id)["instances"][0]
+    assert first["status"] == "E", "the instance was left RUNNING for the reconciler to expire"
+    time.sleep(1)
+    assert not ran.exists(), "the command ran although its output had nowhere to go"
+
+
 def test_no_server_url_is_a_configuration_error() -> None:
     res = run_worker("--task-instance-id", "1", timeout=30)
 

@@ -8,12 +8,14 @@ from rich.console import Console
 
 from farmstead.settings import Settings
 
-err = Console(stderr=True, highlight=False)
+# soft_wrap: one message stays one line, also when stderr is a file (a Slurm log).
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear line to stderr and exit non-zero."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message, markup=False)
     sys.exit(code)
 
 

@@ -1,16 +1,18 @@
 """`farmstead db`: migrate and inspect the database."""
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from farmstead.cli.common import err, fail, load_settings
-from farmstead.db.engine import make_database
-from farmstead.db.migrate import current_revision, head_revision, upgrade
-from farmstead.services.check import Finding, check
+
+if TYPE_CHECKING:
+    from farmstead.services.check import Finding
+
+# SQLAlchemy and alembic are imported inside the commands (see serve.py for why).
 
 app = typer.Typer(help="Migrate and inspect the database.", no_args_is_help=True)
 UrlOpt = Annotated[
@@ -21,6 +23,8 @@ UrlOpt = Annotated[
 @app.command("upgrade")
 def upgrade_cmd(database_url: UrlOpt = None, revision: str = "head") -> None:
     """Migrate the database to the newest schema (or to REVISION)."""
+    from farmstead.db.migrate import head_revision, upgrade
+
     settings = load_settings(database_url=database_url)
     try:
         upgrade(settings.database_url, revision)
@@ -32,6 +36,9 @@ def upgrade_cmd(database_url: UrlOpt = None, revision: str = "head") -> None:
 @app.command("current")
 def current_cmd(database_url: UrlOpt = None) -> None:
     """Print the database's schema revision and this farmstead's head revision."""
+    from farmstead.db.engine import make_database
+    from farmstead.db.migrate import current_revision, head_revision
+
     settings = load_settings(database_url=database_url)
 
     async def run() -> str | None:
@@ -55,9 +62,12 @@ def current_cmd(database_url: UrlOpt = None) -> None:
 @app.command("check")
 def check_cmd(database_url: UrlOpt = None) -> None:
     """Check every invariant (task/instance pairs, attempts, events); exit 1 if any breaks."""
+    from farmstead.db.engine import make_database
+    from farmstead.services.check import check
+
     settings = load_settings(database_url=database_url)
 
-    async def run() -> list[Finding]:
+    async def run() -> list["Finding"]:
         db = make_database(settings.database_url)
         try:
             return await check(db)

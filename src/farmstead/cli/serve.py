@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from farmstead.cli.common import err, fail, load_settings
-from farmstead.db.engine import make_database
-from farmstead.db.migrate import upgrade
-from farmstead.services.lifecycle import SchemaNotReady, check_schema
 from farmstead.settings import DEFAULT_DATABASE_URL, Settings
+
+# The server stack (uvicorn, SQLAlchemy, alembic) is imported inside the commands that need it,
+# so `farmstead worker run` on a compute node starts fast.
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -24,6 +23,10 @@ def _sqlite_path(url: str) -> Path | None:
 
 def _prepare_database(settings: Settings) -> None:
     """A new SQLite file is created and migrated; anything else must already be at head."""
+    from farmstead.db.engine import make_database
+    from farmstead.db.migrate import upgrade
+    from farmstead.services.lifecycle import SchemaNotReady, check_schema
+
     path = _sqlite_path(settings.database_url)
     if path is not None and not path.exists():
         err.print(f"creating {path} and migrating it")
@@ -56,6 +59,8 @@ def serve(
     ] = None,
 ) -> None:
     """Run the server. A new SQLite file is migrated on first start."""
+    import uvicorn
+
     settings = load_settings(
         host=host,
         port=port,

@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from farmstead.cli.common import err, fail
+from farmstead.client.api import is_transient, transient_status
 from farmstead.fsm import TaskStatus
 
 ServerUrl = Annotated[
@@ -19,17 +21,30 @@ ServerUrl = Annotated[
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def _request(method: str, url: str, **kw: Any) -> Any:
+def _request(method: str, url: str, patience: float = 0, code: int = 1, **kw: Any) -> Any:
+    """One request; transient failures retried for `patience` seconds; else exit `code`."""
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential_jitter(initial=0.5, max=10),
+        stop=stop_after_delay(patience),
+        reraise=True,
+    )
     try:
-        resp = httpx.request(method, url, timeout=600, **kw)
+        for attempt in retrying:
+            with attempt:
+                resp = httpx.request(method, url, timeout=600, **kw)
+                if transient_status(resp.status_code):
+                    resp.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        resp = exc.response
     except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
+        fail(f"cannot reach {url}: {exc}", code)
     if resp.status_code >= 400:
         try:
             detail = resp.json().get("detail")
         except ValueError:
             detail = resp.text[:300]
-        fail(f"{resp.status_code}: {detail}")
+        fail(f"{resp.status_code}: {detail}", code)
     return resp.json()
 
 
@@ -94,14 +109,17 @@ def status(
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
     server_url: ServerUrl = DEFAULT_URL,
 ) -> None:
-    """Counts by status and a progress bar; with --watch, exit 0 if DONE, 1 if FAILED."""
+    """Counts by status and a progress bar; with --watch, exit 0 if DONE, 1 if FAILED.
+
+    Exit 2 when the state cannot be told (unknown workflow, server unreachable for a minute).
+    """
     base = server_url.rstrip("/")
     if workflow is None:
-        data = _request("GET", f"{base}/v3/workflows", params={"limit": 1})["data"]
+        data = _request("GET", f"{base}/v3/workflows", code=2, params={"limit": 1})["data"]
         if not data:
-            fail("no workflows yet")
+            fail("no workflows yet", 2)
         workflow = int(data[0]["id"])
-    wf = _request("GET", f"{base}/v3/workflows/{workflow}")
+    wf = _request("GET", f"{base}/v3/workflows/{workflow}", code=2)
     console = Console()
     if not watch:
         console.print(_table(wf))
@@ -122,7 +140,7 @@ def status(
             if wf["status"] != "R":
                 break
             time.sleep(interval)
-            wf = _request("GET", f"{base}/v3/workflows/{workflow}")
+            wf = _request("GET", f"{base}/v3/workflows/{workflow}", patience=60, code=2)
     console.print(_table(wf))
     raise typer.Exit(0 if wf["status"] == "D" else 1)
 

@@ -26,12 +26,16 @@ class ServerUnavailable(Exception):
     """The server could not be reached (or kept answering 5xx) within the retry limit."""
 
 
-def _transient(exc: BaseException) -> bool:
+def transient_status(code: int) -> bool:
+    """An HTTP status worth retrying: 5xx (503 with Retry-After above all), 423, 429."""
+    return code >= 500 or code in (423, 429)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying: no connection, a timeout, or a transient status."""
     if isinstance(exc, httpx.TransportError):
         return True
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500 or exc.response.status_code in (423, 429)
-    return False
+    return isinstance(exc, httpx.HTTPStatusError) and transient_status(exc.response.status_code)
 
 
 class Api:
@@ -62,7 +66,7 @@ class Api:
         """One request; transient failures retried with exponential backoff and jitter."""
         limit = self.retry_limit if retry_limit is None else retry_limit
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
+            retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
             stop=stop_after_delay(limit),
             reraise=True,
@@ -74,7 +78,7 @@ class Api:
             async for attempt in retrying:
                 with attempt:
                     resp = await self.client.request(method, path, json=json)
-                    if resp.status_code >= 500 or resp.status_code in (423, 429):
+                    if transient_status(resp.status_code):
                         resp.raise_for_status()
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             raise ServerUnavailable(f"{self.base_url} unreachable: {exc}") from exc

@@ -100,6 +100,13 @@ class Command:
     async def start(
         cls, command: str, env: dict[str, str], stdout: Path | None, stderr: Path | None
     ) -> "Command":
+        """Start `command`; raises OSError (nothing started) if a log file cannot be opened."""
+        out = Tail(stdout)
+        try:
+            err = Tail(stderr)
+        except OSError:
+            out.close()
+            raise
         proc = subprocess.Popen(
             command,
             shell=True,
@@ -110,7 +117,7 @@ class Command:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        cmd = cls(proc, time.monotonic(), Tail(stdout), Tail(stderr))
+        cmd = cls(proc, time.monotonic(), out, err)
         assert proc.stdout is not None and proc.stderr is not None
         cmd.pumps = [
             asyncio.create_task(_pump(proc.stdout, cmd.stdout)),

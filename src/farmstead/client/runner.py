@@ -100,7 +100,21 @@ class Runner:
         stem = f"{_safe(name)}"
         stdout = Path(out_dir) / f"{stem}.o{ti_id}" if out_dir else None
         stderr = Path(err_dir) / f"{stem}.e{ti_id}" if err_dir else None
-        cmd = await Command.start(command, env, stdout, stderr)
+        try:
+            cmd = await Command.start(command, env, stdout, stderr)
+        except OSError as exc:
+            # Nothing started: say why, so the instance does not wait for the reconciler.
+            log.error("task instance %s: cannot start: %s", ti_id, exc)
+            reported = await self._deliver(
+                ti_id,
+                "log_error_worker_node",
+                {
+                    "error_state": "E",
+                    "error_description": f"cannot start the command: {exc}",
+                    "nodename": self.nodename,
+                },
+            )
+            return Outcome(ti_id, EXIT_NOT_RUN, reported, ran=False)
         watch = asyncio.create_task(
             self._watch(
                 ti_id, cmd, Limits.from_resources(answer.get("resources")), interval, increment
@@ -158,28 +172,23 @@ class Runner:
         if cmd.stderr.path is not None:
             fields["stderr"] = str(cmd.stderr.path)
         state, why = _verdict(result, cmd.stderr.text)
-        api, limit = self.api, self.config.report_retry
+        if state == "D":
+            return await self._deliver(ti_id, "log_done", fields)
+        body = fields | {"error_state": state, "error_description": why}
+        return await self._deliver(ti_id, "log_error_worker_node", body)
+
+    async def _deliver(self, ti_id: int, route: str, body: dict[str, Any]) -> str | None:
+        """POST a final report, retried while the server is unreachable; its answer."""
+        path = f"/v3/fsm/task_instance/{ti_id}/{route}"
         try:
-            if state == "D":
-                return str(
-                    (
-                        await api.call(
-                            "POST",
-                            f"/v3/fsm/task_instance/{ti_id}/log_done",
-                            fields,
-                            retry_limit=limit,
-                        )
-                    )["status"]
-                )
-            body = fields | {"error_state": state, "error_description": why}
-            path = f"/v3/fsm/task_instance/{ti_id}/log_error_worker_node"
-            return str((await api.call("POST", path, body, retry_limit=limit))["status"])
+            out = await self.api.call("POST", path, body, retry_limit=self.config.report_retry)
         except ServerUnavailable as exc:
             log.error("final report of task instance %s not delivered: %s", ti_id, exc)
             return None
         except ClientError as exc:
             log.error("final report of task instance %s refused: %s", ti_id, exc)
             return str(exc.status_code)
+        return str(out["status"])
 
 
 def _verdict(result: Exit, stderr_tail: str) -> tuple[str, str]:
