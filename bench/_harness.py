@@ -82,7 +82,7 @@ def _drop(name: str, patience: float = 60) -> None:
         try:
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             return
-        except (OSError, Exception) as exc:
+        except Exception as exc:  # asyncpg raises many kinds; retry any
             if time.monotonic() > deadline:
                 print(f"  could not drop database {name}: {exc}")
                 return
@@ -182,6 +182,39 @@ def _postgres_pids(database: str) -> list[int]:
     return pids
 
 
+def _reaped(pids: list[int]) -> float:
+    """CPU of the postmaster's exited children (backends that closed), all databases."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.ppid() in pids:
+                continue  # a backend, not the postmaster
+            t = proc.cpu_times()
+            total += t.children_user + t.children_system
+    return total
+
+
+async def _pg_sessions(database: str) -> int:
+    """Sessions (connections) PostgreSQL has opened on `database` so far (PostgreSQL >= 14)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        n = await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = $1",
+                                database)
+    finally:
+        await conn.close()
+    return int(n or 0)
+
+
+def pg_sessions(database: str) -> int | None:
+    try:
+        return asyncio.run(_pg_sessions(database))
+    except Exception:  # an old PostgreSQL, or a busy one: no figure
+        return None
+
+
 def _busy(t: object) -> float:
     idle = getattr(t, "idle", 0.0) + getattr(t, "iowait", 0.0)
     guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already in user
@@ -192,14 +225,17 @@ class CpuMeter:
     """CPU used during a phase, in cores: server, PostgreSQL, load generator, everything else.
 
     `client` is this process's own CPU plus whatever `add_client` reports (load-generator
-    processes). "others" is the machine's busy time nobody here accounts for: other programs
-    on the machine, which make the figures less trustworthy.
+    processes). "postgres" is the postmaster, its helpers and the backends of the bench
+    database, plus every backend that exited meanwhile (of any database). "others" is the
+    machine's busy time nobody here accounts for: other programs on the machine, which make
+    the figures less trustworthy.
     """
 
     def __init__(self, server: Server, backend: str) -> None:
         self.server, self.backend = server, backend
         self.extra_client = 0.0
         self.cores: dict[str, float] = {}
+        self.sessions: int | None = None
 
     def __enter__(self) -> CpuMeter:
         self.database = self.server.db_url.rsplit("/", 1)[-1]
@@ -207,6 +243,8 @@ class CpuMeter:
         self.t0 = time.perf_counter()
         self.srv0 = _cpu_of(self.server.pids())
         self.pg0 = _cpu_of(self.pg_pids)
+        self.reaped0 = _reaped(self.pg_pids)
+        self.sessions0 = pg_sessions(self.database) if self.pg_pids else None
         self.me0 = time.process_time()
         self.m0 = _busy(psutil.cpu_times())
         return self
@@ -217,9 +255,13 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.t0
         pg = 0.0
+        self.sessions = None
         if self.pg_pids:
-            pg = _used(self.pg0, _cpu_of(list(set(self.pg_pids)
-                                              | set(_postgres_pids(self.database)))))
+            now = list(set(self.pg_pids) | set(_postgres_pids(self.database)))
+            pg = _used(self.pg0, _cpu_of(now)) + _reaped(now) - self.reaped0
+            after = pg_sessions(self.database)
+            if after is not None and self.sessions0 is not None:
+                self.sessions = after - self.sessions0
         self.cores = {
             "server": _used(self.srv0, _cpu_of(self.server.pids())) / wall,
             "postgres": pg / wall,
@@ -236,7 +278,10 @@ class CpuMeter:
             parts.append(f"postgres {c['postgres']:.2f}")
         parts += [f"load generator {c['client']:.2f}", f"other programs {c['others']:.2f}",
                   f"whole machine {c['machine']:.2f} of {os.cpu_count()}"]
-        return "CPU cores busy: " + ", ".join(parts)
+        text = "CPU cores busy: " + ", ".join(parts)
+        if self.sessions:
+            text += f"; PostgreSQL opened {self.sessions:,} new connections to the database"
+        return text
 
 
 def background_load(seconds: float = 5.0) -> float:

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,15 +40,6 @@ RUN = "QI IO OR( RT TR)*"
 
 # ---- helpers ------------------------------------------------------------------------------
 
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def get(url: str, path: str, **params: Any) -> Any:

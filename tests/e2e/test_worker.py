@@ -8,12 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -85,15 +87,6 @@ def one_task(url: str, **task: Any) -> tuple[int, int, int]:
     assert ti["status"] == "Q"
     return wf["id"], t["id"], ti["id"]
 
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def instance_status(url: str, task_id: int, index: int = 0) -> str:

@@ -28,9 +28,9 @@ from factories import (
 )
 
 from farmstead.db.engine import Database
-from farmstead.services.check import check
 from farmstead.services.reconciler import Reconciler
 from farmstead.settings import Settings
+from helpers import assert_consistent
 
 SHORT = 0.05  # a heartbeat increment that has expired by the time we sweep
 PAST = 0.25  # sleep this long to be past SHORT and a 0.2 s grace or timeout
@@ -51,11 +51,6 @@ async def sweep(db: Database, db_url: str, **overrides: Any) -> dict[str, int]:
     """One pass of every rule; returns what moved, by new status."""
     return (await reconciler(db, db_url, **overrides).sweep()).moved
 
-
-async def assert_consistent(db: Database) -> None:
-    """Every invariant `farmstead db check` checks holds."""
-    broken = {f.name: f.sample for f in await check(db) if f.count}
-    assert not broken, broken
 
 
 async def live_instances(db: Database, wf_id: int) -> dict[int, int]:

@@ -23,15 +23,9 @@ from factories import (
 from sqlalchemy import text
 
 from farmstead.db.engine import Database
-from farmstead.services.check import check
 from farmstead.services.reconciler import Reconciler
 from farmstead.settings import Settings
-
-
-async def assert_consistent(db: Database) -> None:
-    """Every invariant `farmstead db check` checks holds."""
-    broken = {f.name: f.sample for f in await check(db) if f.count}
-    assert not broken, broken
+from helpers import assert_consistent
 
 
 async def event_count(db: Database) -> int:

@@ -15,7 +15,7 @@ import pytest
 from factories import sql_rows, sql_scalar
 
 from farmstead.db.engine import Database
-from farmstead.services.check import check
+from helpers import assert_consistent
 
 FAST_RECONCILER = {
     "reconciler_enabled": "true", "reconciler_interval": 0.2, "triage_grace": 0.2,
@@ -24,11 +24,6 @@ FAST_RECONCILER = {
     "pool_size": 5,
 }
 
-
-async def assert_consistent(db: Database) -> None:
-    """Every invariant `farmstead db check` checks holds."""
-    broken = {f.name: f.sample for f in await check(db) if f.count}
-    assert not broken, broken
 
 
 async def running_instances(

@@ -20,13 +20,7 @@ from factories import (
 )
 
 from farmstead.db.engine import Database
-from farmstead.services.check import check
-
-
-async def assert_consistent(db: Database) -> None:
-    """Every invariant `farmstead db check` checks holds."""
-    broken = {f.name: f.sample for f in await check(db) if f.count}
-    assert not broken, broken
+from helpers import assert_consistent
 
 
 async def entity_events(db: Database, after: int = 0) -> list[tuple[str, str | None, str]]:
