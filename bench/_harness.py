@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -209,10 +210,12 @@ async def _pg_sessions(database: str) -> int:
 
 
 def pg_sessions(database: str) -> int | None:
-    try:
-        return asyncio.run(_pg_sessions(database))
-    except Exception:  # an old PostgreSQL, or a busy one: no figure
-        return None
+    """`_pg_sessions`, callable with or without a running event loop (in a thread of its own)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(asyncio.run, _pg_sessions(database)).result()
+        except Exception:  # an old PostgreSQL, or a busy one: no figure
+            return None
 
 
 def _busy(t: object) -> float:
