@@ -125,7 +125,8 @@ class Server:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 ready = httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
-                if ready and len(self.pids()) > self.workers:  # every worker process is up
+                # every worker process is up (with one worker, uvicorn serves in its parent)
+                if ready and (self.workers == 1 or len(self.pids()) > self.workers):
                     time.sleep(1.0)  # let the other workers finish their start-up too
                     return self
             time.sleep(0.2)

@@ -1,4 +1,7 @@
-"""Dependencies: the database and settings of the running app."""
+"""Dependencies: the database and settings of the running app.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread.
+"""
 
 from typing import Annotated
 
@@ -8,12 +11,12 @@ from farmstead.db.engine import Database
 from farmstead.settings import Settings
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
