@@ -102,18 +102,20 @@ def free_port() -> int:
 class Server:
     """`python -m farmstead.cli.main serve --port N --workers W` on `db_url`."""
 
-    def __init__(self, db_url: str, workers: int, log_path: Path) -> None:
+    def __init__(self, db_url: str, workers: int, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
         self.db_url = db_url
         self.workers = workers
         self.log_path = log_path
+        self.env = {f"FARMSTEAD_{k.upper()}": str(v) for k, v in (env or {}).items()}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Server:
         env = {**os.environ, "FARMSTEAD_DATABASE_URL": self.db_url,
-               "FARMSTEAD_LOG_LEVEL": "warning"}
+               "FARMSTEAD_LOG_LEVEL": "warning", **self.env}
         cmd = [sys.executable, "-m", "farmstead.cli.main", "serve", "--port", str(self.port),
                "--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:
@@ -321,7 +323,7 @@ def profiled(server: Server, out_dir: Path | None, name: str) -> Iterator[None]:
     raw = out_dir / f"{name}.txt"
     assert server.proc is not None
     proc = subprocess.Popen(
-        [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking",
+        [spy, "record", "--pid", str(server.proc.pid), "--subprocesses",
          "--rate", "100", "--format", "raw", "--output", str(raw)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -8,7 +8,6 @@ Usage: python bench/bench_executor.py [--db sqlite|postgresql|both] [--tasks N] 
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +24,8 @@ def run(
 ) -> tuple[float, dict[str, int]]:
     """Seconds from submit to the workflow's end, and its final counts."""
     with fresh_database(backend, keep=False) as url:
-        os.environ.update({"FARMSTEAD_LOCAL_WORKERS": str(slots), "FARMSTEAD_LOCAL_MODE": mode})
-        try:
-            server = Server(url, workers=1, log_path=work / f"executor-{backend}.log").start()
-        finally:
-            for key in ("FARMSTEAD_LOCAL_WORKERS", "FARMSTEAD_LOCAL_MODE"):
-                os.environ.pop(key)
+        server = Server(url, workers=1, log_path=work / f"executor-{backend}.log",
+                        env={"local_workers": slots, "local_mode": mode}).start()
         try:
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 start = time.perf_counter()
@@ -71,13 +66,13 @@ def main() -> None:
             rows.append((backend, seconds, counts))
     print(
         f"\n| backend | {args.tasks} tasks of `true`, {args.slots} local workers ({args.mode}) "
-        "| per task | target | ratio to target |"
+        "| per task | target | ratio (>= 1 met) |"
     )
     print("|---|---|---|---|---|")
     for backend, seconds, _counts in rows:
         print(
             f"| {backend} | {seconds:.2f} s | {1000 * seconds / args.tasks:.1f} ms "
-            f"| < {TARGET_S:g} s | {seconds / TARGET_S:.2f} |"
+            f"| < {TARGET_S:g} s | {TARGET_S / seconds:.2f}x |"
         )
 
 

@@ -11,53 +11,21 @@ Usage: python bench/bench_reconciler.py [--db sqlite|postgresql|both] [--expired
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from _harness import Server, fresh_database
 from farmstead.db.engine import make_database
 from farmstead.db.migrate import upgrade
 from farmstead.schemas import WorkflowCreate
 from farmstead.services.reconciler import Reconciler
 from farmstead.services.workflows import submit
 from farmstead.settings import Settings
-
-PG_ADMIN = os.environ.get(
-    "FARMSTEAD_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(sql))
-    await engine.dispose()
-
-
-def fresh_database(kind: str, workdir: Path) -> str:
-    """A new, migrated database; returns its URL."""
-    if kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.db'}"
-    else:
-        name = f"farmstead_bench_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    return url
-
-
-def drop_database(url: str) -> None:
-    if url.startswith("postgresql"):
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
 
 
 async def seed(url: str, healthy: int, expired: int) -> None:
@@ -103,71 +71,42 @@ async def timed_sweep(url: str) -> tuple[float, dict[str, int]]:
     return elapsed, result.moved
 
 
-def sweep_case(kind: str, workdir: Path, healthy: int, expired: int) -> dict[str, Any]:
-    url = fresh_database(kind, workdir)
-    try:
+def sweep_case(backend: str, healthy: int, expired: int) -> dict[str, Any]:
+    with fresh_database(backend, keep=False) as url:
+        upgrade(url)  # SQLite: the harness leaves creating it to the server; no server here
         t0 = time.perf_counter()
         asyncio.run(seed(url, healthy, expired))
         seeded = time.perf_counter() - t0
         elapsed, moved = asyncio.run(timed_sweep(url))
-    finally:
-        drop_database(url)
-    return {
-        "healthy": healthy,
-        "expired": expired,
-        "sweep_s": elapsed,
-        "moved": moved,
-        "seed_s": seeded,
-    }
+    return {"healthy": healthy, "expired": expired, "sweep_s": elapsed, "moved": moved,
+            "seed_s": seeded}
 
 
-def silence_to_retry(kind: str, workdir: Path) -> float:
-    """Seconds from a worker's last heartbeat deadline being set to its retry being QUEUED."""
-    url = fresh_database(kind, workdir)
-    port = 18000 + os.getpid() % 1000
-    env = {
-        **os.environ,
-        "FARMSTEAD_DATABASE_URL": url,
-        "FARMSTEAD_RECONCILER_INTERVAL": "0.5",
-        "FARMSTEAD_TRIAGE_GRACE": "1",
-    }
-    log = open(workdir / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "farmstead.cli.main", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        wf = httpx.post(
-            f"{base}/v3/workflows",
-            json={"name": "silence", "tasks": [{"name": "t", "command": "sleep 1000"}]},
-        ).json()
-        ti = httpx.post(f"{base}/v3/claims", json={"limit": 1}).json()["data"][0]
-        ti_id, task_id = ti["task_instance_id"], ti["task_id"]
-        increment = 2.0
-        httpx.post(
-            f"{base}/v3/fsm/task_instance/{ti_id}/log_running",
-            json={"next_report_increment": increment},
-        ).raise_for_status()
-        silent_from = time.perf_counter()  # the worker dies right after this report
-        while time.perf_counter() - silent_from < 60:
-            task = httpx.get(f"{base}/v3/tasks/{task_id}").json()
-            if any(i["status"] == "Q" and i["id"] != ti_id for i in task["instances"]):
-                return time.perf_counter() - silent_from
-            time.sleep(0.05)
-        raise RuntimeError(f"no retry within 60 s for workflow {wf['id']}")
-    finally:
-        proc.terminate()
-        proc.wait()
-        drop_database(url)
+def silence_to_retry(backend: str, work: Path) -> float:
+    """Seconds from a worker's last report to its task's retry instance being QUEUED."""
+    settings = {"reconciler_interval": 0.5, "triage_grace": 1}
+    with fresh_database(backend, keep=False) as url:
+        server = Server(url, workers=1, log_path=work / "server.log", env=settings).start()
+        try:
+            return _silence(server.url)
+        finally:
+            server.stop()
+
+
+def _silence(base: str) -> float:
+    wf = httpx.post(f"{base}/v3/workflows", json={
+        "name": "silence", "tasks": [{"name": "t", "command": "sleep 1000"}]}).json()
+    ti = httpx.post(f"{base}/v3/claims", json={"limit": 1}).json()["data"][0]
+    ti_id, task_id = ti["task_instance_id"], ti["task_id"]
+    httpx.post(f"{base}/v3/fsm/task_instance/{ti_id}/log_running",
+               json={"next_report_increment": 2.0}).raise_for_status()
+    silent_from = time.perf_counter()  # the worker dies right after this report
+    while time.perf_counter() - silent_from < 60:
+        task = httpx.get(f"{base}/v3/tasks/{task_id}").json()
+        if any(i["status"] == "Q" and i["id"] != ti_id for i in task["instances"]):
+            return time.perf_counter() - silent_from
+        time.sleep(0.05)
+    raise RuntimeError(f"no retry within 60 s for workflow {wf['id']}")
 
 
 def main() -> None:
@@ -184,14 +123,14 @@ def main() -> None:
                 f"[{kind}] sweep: {args.expired:,} expired among {args.healthy:,} healthy ...",
                 flush=True,
             )
-            big = sweep_case(kind, Path(tmp), args.healthy, args.expired)
+            big = sweep_case(kind, args.healthy, args.expired)
             print(
                 f"[{kind}]   {big['sweep_s']:.2f} s, moved {big['moved']} "
                 f"(seeding took {big['seed_s']:.0f} s)",
                 flush=True,
             )
             print(f"[{kind}] sweep: {args.expired:,} expired among 0 healthy ...", flush=True)
-            small = sweep_case(kind, Path(tmp), 0, args.expired)
+            small = sweep_case(kind, 0, args.expired)
             print(f"[{kind}]   {small['sweep_s']:.2f} s, moved {small['moved']}", flush=True)
             latency = silence_to_retry(kind, Path(tmp))
             print(f"[{kind}] silence to retry QUEUED: {latency:.2f} s", flush=True)

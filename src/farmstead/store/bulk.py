@@ -31,9 +31,26 @@ class Candidate:
     report_by_date: datetime | None
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """Instances a reconciler rule matches, and the order its index yields them in.
+
+    Ordering by the indexed column (not by id) lets a chunk stop after `limit` expired rows
+    instead of walking past every healthy one: the cost follows the expired rows.
+    """
+
+    where: ColumnElement[bool]
+    order: ColumnElement[Any]
+
+
 def _candidates(
-    where: ColumnElement[bool], limit: int | None, skip_locked: bool, by_priority: bool
+    where: ColumnElement[bool] | Sweep, limit: int | None, skip_locked: bool, by_priority: bool
 ) -> Any:
+    if isinstance(where, Sweep):  # exactly the index's order, so the LIMIT can stop the scan
+        where, order = where.where, [where.order]
+    else:
+        order = [TASK.c.priority.desc()] if by_priority else []
+        order.append(TI.c.id)
     stmt = (
         select(
             TI.c.id,
@@ -53,7 +70,7 @@ def _candidates(
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
         .where(where)
-        .order_by(*((TASK.c.priority.desc(),) if by_priority else ()), TI.c.id)
+        .order_by(*order)
         .with_for_update(of=[TI, TASK], skip_locked=skip_locked)
     )
     return stmt.limit(limit) if limit else stmt
@@ -61,7 +78,7 @@ def _candidates(
 
 async def lock_candidates(
     session: AsyncSession,
-    where: ColumnElement[bool],
+    where: ColumnElement[bool] | Sweep,
     limit: int | None = None,
     skip_locked: bool = True,
     by_priority: bool = False,
@@ -95,23 +112,26 @@ def of_workflow(workflow_id: int, statuses: Sequence[str]) -> Any:
     return and_(TI.c.workflow_id == workflow_id, TI.c.status.in_(statuses))
 
 
-def deadline_passed(status: str) -> Any:
+def deadline_passed(status: str) -> Sweep:
     """Instances in `status` whose heartbeat deadline has passed (database clock)."""
-    return and_(TI.c.status == status, TI.c.report_by_date <= db_now())
+    where = and_(TI.c.status == status, TI.c.report_by_date <= db_now())
+    return Sweep(where, TI.c.report_by_date)
 
 
-def launched_silent(min_age: float) -> Any:
+def launched_silent(min_age: float) -> Sweep:
     """LAUNCHED instances past their deadline that were launched at least `min_age` ago."""
-    return and_(
+    where = and_(
         TI.c.status == "O",
         TI.c.report_by_date <= db_now(),
         TI.c.status_date <= seconds_from_now(-min_age),
     )
+    return Sweep(where, TI.c.report_by_date)
 
 
-def in_status_for(status: str, seconds: float) -> Any:
+def in_status_for(status: str, seconds: float) -> Sweep:
     """Instances that have been in `status` for at least `seconds` (database clock)."""
-    return and_(TI.c.status == status, TI.c.status_date <= seconds_from_now(-seconds))
+    where = and_(TI.c.status == status, TI.c.status_date <= seconds_from_now(-seconds))
+    return Sweep(where, TI.c.status_date)
 
 
 async def set_instances(
