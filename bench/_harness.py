@@ -231,10 +231,11 @@ class CpuMeter:
     """CPU used during a phase, in cores: server, PostgreSQL, load generator, everything else.
 
     `client` is this process's own CPU plus whatever `add_client` reports (load-generator
-    processes). "postgres" is the postmaster, its helpers and the backends of the bench
-    database, plus every backend that exited meanwhile (of any database). "others" is the
-    machine's busy time nobody here accounts for: other programs on the machine, which make
-    the figures less trustworthy.
+    processes). "postgres" is the postmaster, its helpers and the live backends of the bench
+    database; "exited backends" the CPU of PostgreSQL backends that ended meanwhile, of any
+    database (the bench's own if the server churns connections, anyone's if others use the
+    same PostgreSQL). "others" is the machine's busy time nobody here accounts for: other
+    programs on the machine, which make the figures less trustworthy.
     """
 
     def __init__(self, server: Server, backend: str) -> None:
@@ -260,21 +261,23 @@ class CpuMeter:
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.t0
-        pg = 0.0
+        pg = exited = 0.0
         self.sessions = None
         if self.pg_pids:
             now = list(set(self.pg_pids) | set(_postgres_pids(self.database)))
-            pg = _used(self.pg0, _cpu_of(now)) + _reaped(now) - self.reaped0
+            pg = _used(self.pg0, _cpu_of(now))
+            exited = _reaped(now) - self.reaped0
             after = pg_sessions(self.database)
             if after is not None and self.sessions0 is not None:
                 self.sessions = after - self.sessions0
         self.cores = {
             "server": _used(self.srv0, _cpu_of(self.server.pids())) / wall,
             "postgres": pg / wall,
+            "exited": exited / wall,
             "client": (time.process_time() - self.me0 + self.extra_client) / wall,
             "machine": (_busy(psutil.cpu_times()) - self.m0) / wall,
         }
-        accounted = self.cores["server"] + self.cores["postgres"] + self.cores["client"]
+        accounted = sum(self.cores[k] for k in ("server", "postgres", "exited", "client"))
         self.cores["others"] = max(0.0, self.cores["machine"] - accounted)
 
     def text(self) -> str:
@@ -282,6 +285,8 @@ class CpuMeter:
         parts = [f"server {c['server']:.2f}"]
         if self.backend == "postgresql":
             parts.append(f"postgres {c['postgres']:.2f}")
+            if c["exited"] >= 0.01:
+                parts.append(f"exited PostgreSQL backends {c['exited']:.2f}")
         parts += [f"load generator {c['client']:.2f}", f"other programs {c['others']:.2f}",
                   f"whole machine {c['machine']:.2f} of {os.cpu_count()}"]
         text = "CPU cores busy: " + ", ".join(parts)
@@ -297,11 +302,11 @@ def background_load(seconds: float = 5.0) -> float:
     return (_busy(psutil.cpu_times()) - m0) / (time.perf_counter() - t0)
 
 
-def wait_quiet(patience: float, threshold: float = 0.3) -> float:
+def wait_quiet(patience: float, threshold: float = 0.3, window: float = 5.0) -> float:
     """Wait (at most `patience` s) until other programs use under `threshold` cores."""
     deadline = time.monotonic() + patience
     while True:
-        load = background_load()
+        load = background_load(window)
         if load < threshold or time.monotonic() > deadline:
             return load
         print(f"  other programs keep {load:.2f} cores busy; waiting for a quieter machine ...",

@@ -279,7 +279,7 @@ def phase_transitions(server: Server, backend: str, args: argparse.Namespace, sz
 
 def quiet(args: argparse.Namespace, res: Result) -> None:
     """Wait for other programs on the machine to calm down; note how busy they were."""
-    load = wait_quiet(args.wait_quiet)
+    load = wait_quiet(args.wait_quiet, window=2.0 if args.quick else 5.0)
     print(f"     background load before the phase: {load:.2f} cores")
     if load >= 0.3:
         res.note(f"WARNING other programs kept {load:.2f} cores busy before a phase")
