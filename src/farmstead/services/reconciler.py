@@ -21,6 +21,7 @@ from farmstead.store import bulk as store
 from farmstead.store.bulk import Candidate
 
 log = logging.getLogger("farmstead.reconciler")
+SQLITE_CHUNK_GAP = 0.02  # seconds
 TI = TIStatus
 
 
@@ -97,6 +98,10 @@ class Reconciler:
                 total.add(moved)
                 if moved.total < self.settings.reconciler_chunk:
                     break
+                if self.db.is_sqlite:
+                    # SQLite has one writer: leave a gap between chunks, or writers in other
+                    # processes (polling in SQLite's busy handler) starve for the whole sweep.
+                    await asyncio.sleep(SQLITE_CHUNK_GAP)
         return total
 
     async def _chunk(self, rule: Rule) -> BulkResult:
