@@ -12,7 +12,7 @@ runs against tables that already hold the big array.
 
     .venv/bin/python bench/bench_core.py                  # both backends, full sizes
     .venv/bin/python bench/bench_core.py --quick --db sqlite
-    .venv/bin/python bench/bench_core.py --profile /tmp/prof   # py-spy the server per phase
+    .venv/bin/python bench/bench_core.py --profile prof   # py-spy the server per phase
 """
 
 from __future__ import annotations
