@@ -24,6 +24,7 @@ from farmstead.api.app import create_app
 from farmstead.db.engine import Database, make_database
 from farmstead.db.migrate import upgrade
 from farmstead.settings import Settings
+from helpers import pg_admin
 
 PG_ADMIN_URL = os.environ.get(
     "FARMSTEAD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -48,15 +49,6 @@ def _pg_reachable() -> bool:
     return True
 
 
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("sqlite") / "farmstead.db"
@@ -72,11 +64,11 @@ def postgresql_url() -> Iterator[str]:
             pytest.fail(f"PostgreSQL is required in CI and not reachable at {PG_ADMIN_URL}")
         pytest.skip("PostgreSQL not reachable")
     name = f"farmstead_test_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
     yield url
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(pg_admin(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

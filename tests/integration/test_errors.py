@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from farmstead.db.engine import Database
 from farmstead.settings import Settings
+from helpers import pg_admin
 
 MISSING = 987_654
 
@@ -327,15 +328,6 @@ async def test_a_lock_timeout_on_submission_is_503(db_url: str) -> None:
 # ---- an un-migrated database ----------------------------------------------------------------
 
 
-async def _pg_admin(admin_url: str, sql: str) -> None:
-    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
 def _serve(url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FARMSTEAD_DATABASE_URL": url, "FARMSTEAD_RECONCILER_ENABLED": "false",
            "COLUMNS": "400"}
@@ -357,11 +349,11 @@ def test_a_server_refuses_an_unmigrated_database(
     else:
         base = str(request.getfixturevalue("postgresql_url")).rsplit("/", 1)[0]
         name = f"farmstead_empty_{uuid.uuid4().hex[:10]}"
-        asyncio.run(_pg_admin(f"{base}/postgres", f'CREATE DATABASE "{name}"'))
+        asyncio.run(pg_admin(f"{base}/postgres", f'CREATE DATABASE "{name}"'))
         try:
             result = _serve(f"{base}/{name}")
         finally:
-            asyncio.run(_pg_admin(f"{base}/postgres", f'DROP DATABASE IF EXISTS "{name}" '
+            asyncio.run(pg_admin(f"{base}/postgres", f'DROP DATABASE IF EXISTS "{name}" '
                                                       "WITH (FORCE)"))
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output
