@@ -1,60 +1,92 @@
-"""Pydantic wire models shared by the API and the client."""
+"""Pydantic wire models shared by the API and the client.
+
+Every request model is strict (no coercion: `false` is not an id, "3" is not a number), refuses
+NaN and Infinity, and bounds every field by what its column and the server hold (`bounds`).
+"""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from farmstead.bounds import COMMAND_MAX, IDS_MAX, NAME_MAX, Seconds, check_text
+from farmstead.bounds import Command as Command
+from farmstead.bounds import Count64 as Count64
+from farmstead.bounds import Cursor as Cursor
+from farmstead.bounds import DbId as DbId
+from farmstead.bounds import Increment as Increment
+from farmstead.bounds import Int32 as Int32
+from farmstead.bounds import JobId as JobId
+from farmstead.bounds import Message as Message
+from farmstead.bounds import Name as Name
+from farmstead.bounds import NodeName as NodeName
+from farmstead.bounds import ProcessGroupId as ProcessGroupId
+from farmstead.bounds import ReportedPath as ReportedPath
+from farmstead.bounds import Tail as Tail
+from farmstead.resources import Resources as Resources
+from farmstead.resources import ResourceScales as ResourceScales
 
 ErrorState = Literal["E", "U", "Z", "W", "F"]
+#: ids in one batch request: at most IDS_MAX
+IdList = Annotated[list[DbId], Field(max_length=IDS_MAX)]
 
 
-class Wire(BaseModel):
+class _Request(BaseModel):
+    """Strict, finite, and no raw NUL or lone surrogate in any text field."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        # a safety net: reported text is cleaned before this runs, user text checked by its type
+        return check_text(value) if isinstance(value, str) else value
+
+
+class Wire(_Request):
     """A request from a Jobmon-compatible client: unknown fields are ignored, as Jobmon does."""
 
     model_config = ConfigDict(extra="ignore")
 
 
-class Strict(BaseModel):
+class Strict(_Request):
     """A request to farmstead's own API: an unknown field is an error."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-Increment = Field(gt=0, le=30 * 86400, description="seconds until the next report is due")
-
-
 class WorkerFields(Wire):
     """Optional fields a worker may send with any report; omitted ones are never overwritten."""
 
-    distributor_id: str | None = None
-    nodename: str | None = Field(None, max_length=255)
-    stdout: str | None = Field(None, description="path of the stdout log file")
-    stderr: str | None = Field(None, description="path of the stderr log file")
-    stdout_log: str | None = Field(None, description="tail of stdout")
-    stderr_log: str | None = Field(None, description="tail of stderr")
-    wallclock: float | None = Field(None, ge=0)
-    maxrss: int | None = Field(None, ge=0, description="bytes")
-    cpu: float | None = Field(None, ge=0, description="CPU seconds")
-    io: int | None = Field(None, ge=0, description="bytes read and written")
+    distributor_id: JobId | None = None
+    nodename: NodeName | None = None
+    stdout: ReportedPath | None = Field(None, description="path of the stdout log file")
+    stderr: ReportedPath | None = Field(None, description="path of the stderr log file")
+    stdout_log: Tail | None = Field(None, description="tail of stdout (the end is kept)")
+    stderr_log: Tail | None = Field(None, description="tail of stderr (the end is kept)")
+    wallclock: Seconds | None = Field(None, description="seconds")
+    maxrss: Count64 | None = Field(None, description="bytes")
+    cpu: Seconds | None = Field(None, description="CPU seconds")
+    io: Count64 | None = Field(None, description="bytes read and written")
 
 
 class LogRunning(Wire):
-    process_group_id: str | int | None = None
-    next_report_increment: float = Increment
-    nodename: str | None = Field(None, max_length=255)
-    distributor_id: str | None = None
+    process_group_id: ProcessGroupId | None = None
+    next_report_increment: Increment
+    nodename: NodeName | None = None
+    distributor_id: JobId | None = None
 
 
 class LogReportBy(Wire):
-    next_report_increment: float = Increment
-    distributor_id: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
+    next_report_increment: Increment
+    distributor_id: JobId | None = None
+    stdout: ReportedPath | None = None
+    stderr: ReportedPath | None = None
 
 
 class BatchReportBy(Wire):
-    next_report_increment: float = Increment
-    task_instance_ids: list[int]
+    next_report_increment: Increment
+    task_instance_ids: IdList
 
 
 class LogDone(WorkerFields):
@@ -63,36 +95,36 @@ class LogDone(WorkerFields):
 
 class LogErrorWorkerNode(WorkerFields):
     error_state: ErrorState
-    error_description: str = ""
+    error_description: Message = ""
 
 
 class LogDistributorId(Wire):
-    distributor_id: str
-    next_report_increment: float = Increment
+    distributor_id: JobId
+    next_report_increment: Increment
 
 
 class LogNoDistributorId(Wire):
-    no_id_err_msg: str = ""
+    no_id_err_msg: Message = ""
 
 
 class LogKnownError(Wire):
     error_state: ErrorState
-    error_message: str = ""
-    distributor_id: str | None = None
-    nodename: str | None = None
+    error_message: Message = ""
+    distributor_id: JobId | None = None
+    nodename: NodeName | None = None
 
 
 class Instantiate(Wire):
-    task_instance_ids: list[int]
+    task_instance_ids: IdList
 
 
 class ArrayLaunch(Wire):
-    batch_number: int
-    next_report_increment: float = Increment
+    batch_number: Int32
+    next_report_increment: Increment
 
 
 class ArrayBatch(Wire):
-    batch_number: int
+    batch_number: Int32
 
 
 class LogRunningOut(BaseModel):
@@ -110,7 +142,7 @@ class ClaimRequest(Strict):
     """Ask for up to `limit` QUEUED instances to run; they come back INSTANTIATED."""
 
     limit: int = Field(1, ge=1, le=10_000)
-    workflow_id: int | None = None
+    workflow_id: DbId | None = None
 
 
 class Claimed(BaseModel):
@@ -153,29 +185,43 @@ class ClusterOut(BaseModel):
 # ---- farmstead's own API ------------------------------------------------------------------
 
 
+MaxAttempts = Annotated[int, Field(ge=1, le=1000, description="tries per task")]
+
+
 class TaskSpec(Strict):
     """One task given on its own."""
 
-    name: str = Field(min_length=1, max_length=255)
-    command: str = Field(min_length=1)
-    max_attempts: int | None = Field(None, ge=1, le=1000)
-    priority: int | None = None
-    resources: dict[str, Any] | None = None
-    resource_scales: dict[str, float] | None = None
+    name: Name
+    command: Command
+    max_attempts: MaxAttempts | None = None
+    priority: Int32 | None = None
+    resources: Resources | None = None
+    resource_scales: ResourceScales | None = None
 
 
 class ArraySpec(Strict):
     """Many tasks from one template: `{i}` in command and name replaced by first..last."""
 
-    command: str = Field(min_length=1, description="command template, e.g. 'run.sh {i}'")
-    first: int = Field(0, description="first value of i")
-    last: int = Field(description="last value of i (inclusive)")
-    name: str = Field("task_{i}", min_length=1, max_length=200)
+    command: Command = Field(description="command template, e.g. 'run.sh {i}'")
+    first: Int32 = Field(0, description="first value of i")
+    last: Int32 = Field(description="last value of i (inclusive)")
+    name: Name = Field("task_{i}", description="name template; expanded at most 255 characters")
 
     @model_validator(mode="after")
     def _range(self) -> "ArraySpec":
         if self.last < self.first:
             raise ValueError(f"empty range: last ({self.last}) is below first ({self.first})")
+        # len(str(i)) is largest at an end of the range, so the ends bound every expansion
+        for end in (self.first, self.last):
+            for field, template, most in (
+                ("name", self.name, NAME_MAX),
+                ("command", self.command, COMMAND_MAX),
+            ):
+                size = len(template.replace("{i}", str(end)))
+                if size > most:
+                    raise ValueError(
+                        f"{field} expands to {size} characters at i = {end} (at most {most})"
+                    )
         return self
 
     @property
@@ -187,19 +233,15 @@ class ArraySpec(Strict):
 class WorkflowCreate(Strict):
     """A workflow and its tasks: a list, or an array over a range."""
 
-    name: str = Field(min_length=1, max_length=255)
-    tasks: list[TaskSpec] | None = None
+    name: Name
+    tasks: Annotated[list[TaskSpec], Field(max_length=1_000_000)] | None = None
     array: ArraySpec | None = None
-    max_attempts: int | None = Field(None, ge=1, le=1000, description="tries per task")
-    priority: int = 0
-    resources: dict[str, Any] | None = Field(
-        None, description="e.g. {'memory': 2, 'runtime': 3600, 'stdout': 'logs/'}"
-    )
-    resource_scales: dict[str, float] | None = Field(
-        None, description="factors applied after a resource error; default memory and runtime x1.5"
-    )
+    max_attempts: MaxAttempts | None = None
+    priority: Int32 = 0
+    resources: Resources | None = None
+    resource_scales: ResourceScales | None = None
     retry_delay: float = Field(0.0, ge=0, le=7 * 86400, description="seconds before a retry")
-    max_concurrently_running: int = Field(10_000, ge=1)
+    max_concurrently_running: int = Field(10_000, ge=1, le=2**31 - 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> "WorkflowCreate":
@@ -218,7 +260,9 @@ class WorkflowCreate(Strict):
 class WorkflowOut(BaseModel):
     id: int
     name: str
-    status: Literal["R", "D", "F"]
+    status: Literal["R", "D", "F", "C"] = Field(
+        description="R running, D done, F failed, C cancelled by an operator"
+    )
     status_name: str
     total: int
     counts: dict[str, int]
@@ -315,6 +359,27 @@ class ActionOut(BaseModel):
     total: int
 
 
+class FieldErrorOut(BaseModel):
+    """One problem with a request: where, and what."""
+
+    field: str = Field(
+        description="where: `tasks[0].command` in the body, `path.<name>` or `query.<name>` for "
+        "parameters, `body` for the whole body"
+    )
+    message: str
+
+
 class ErrorOut(BaseModel):
-    detail: str
-    error: str
+    """Every 4xx and 5xx answer: a short class name and one human-readable line; some errors
+    add keys of their own (a 409 adds `status`, `requested`, `task_instance_id`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="a short class name, e.g. NotFound, ValidationError")
+    detail: str = Field(description="what is wrong, in one line")
+
+
+class ValidationErrorOut(ErrorOut):
+    """A 422: the request is well-formed but a value is not acceptable; one item per problem."""
+
+    errors: list[FieldErrorOut]

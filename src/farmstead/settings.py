@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     #: steps per array batch when a workflow is submitted (a Slurm array per batch)
     array_batch_size: int = Field(1000, ge=1, le=1_000_000)
     max_tasks_per_request: int = Field(1_000_000, ge=1)
+    #: largest request body accepted, bytes (Content-Length or streamed); larger: 413
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: deepest nesting of arrays and objects accepted in a JSON body; deeper: 422
+    max_json_depth: int = Field(32, ge=4, le=256)
     default_max_attempts: int = Field(3, ge=1)
     #: heartbeat interval the server asks workers for, seconds
     heartbeat_interval: float = Field(30.0, gt=0)
@@ -30,7 +34,8 @@ class Settings(BaseSettings):
     report_by_buffer: float = Field(3.1, ge=1)
     reconciler_interval: float = Field(10.0, gt=0)
     reconciler_enabled: bool = True
-    reconciler_chunk: int = Field(5000, ge=1)
+    #: rows per reconciler statement (at most 10,000: a statement binds 2 values per row)
+    reconciler_chunk: int = Field(5000, ge=1, le=10_000)
     #: seconds an instance may stay TRIAGING before it is declared UNKNOWN_ERROR
     triage_grace: float = Field(60.0, ge=0)
     #: seconds an instance may stay INSTANTIATED before it is declared NO_DISTRIBUTOR_ID
@@ -42,6 +47,10 @@ class Settings(BaseSettings):
     local_workers: int = Field(0, ge=0, le=1024)
     #: how the local executor runs instances: in this process, or one worker process each
     local_mode: Literal["coroutine", "subprocess"] = "coroutine"
+    #: seconds a local command has after SIGTERM (shutdown, cancel) before SIGKILL
+    shutdown_grace: float = Field(10.0, ge=0, le=3600)
+    #: on shutdown, let running local commands finish instead of stopping them
+    drain: bool = False
     log_level: str = "info"
 
     @field_validator("database_url")

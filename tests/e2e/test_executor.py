@@ -269,7 +269,7 @@ def test_subprocess_workers_retry_fail_kill_and_cancel(
     (ti,) = cancelled["instances"]
     assert ti["status"] == "F"
     assert moves_of(events(url, cancel_wf["id"]), "task_instance", ti["id"]) == "QI IO OR RK KF"
-    assert get(url, f"/v3/workflows/{cancel_wf['id']}")["status"] == "F"
+    assert get(url, f"/v3/workflows/{cancel_wf['id']}")["status"] == "C"  # CANCELLED
     wait_for(lambda: not worker_pids(url), 15, "every worker process to exit")
     db_check(db_url)
 

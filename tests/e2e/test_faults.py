@@ -1,6 +1,10 @@
 """Faults with real processes: a server killed with SIGKILL under load, PostgreSQL stopped and
 started under load, and a worker's done report racing the reconciler's expiry.
 
+The PostgreSQL that is stopped is a private one this module starts (tests/pg_cluster.py), never
+the shared server the other tests use: running the suite must not take a developer's database
+server down.
+
 After each, `farmstead db check` (the real CLI, in a subprocess) must find every invariant
 intact, and nothing may be left stuck: the reconciler retries what the fault lost.
 """
@@ -10,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +22,19 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from farmstead.db.engine import Database
+from conftest import IN_CI, PG_ADMIN_URL, ServerProcess
+from farmstead.db.engine import Database, make_database
+from farmstead.db.migrate import upgrade
 from farmstead.services.reconciler import Reconciler
 from farmstead.settings import Settings
+from pg_cluster import PrivateCluster, find_bindir, private_cluster
 
 pytestmark = pytest.mark.e2e
 
 FSM = "/v3/fsm/task_instance"
 LONG = 600.0  # a heartbeat increment that never expires during a test
-PG_VERSION = next(iter(sorted(p.name for p in Path("/etc/postgresql").glob("*"))), "15")
-PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main"]
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -251,36 +257,62 @@ async def test_kill_9_under_load_then_restart_recovers_every_lost_instance(
 # ---- PostgreSQL stopped and started under load ----------------------------------------------
 
 
-def pg(action: str) -> None:
-    """Stop or start the PostgreSQL cluster."""
-    extra = ["-m", "fast"] if action == "stop" else []
-    subprocess.run([*PG_CTL, action, *extra], check=True, timeout=120, capture_output=True)
-
-
-def pg_accepting() -> bool:
-    """Whether PostgreSQL accepts connections."""
-    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "1"],
-                          capture_output=True, check=False).returncode == 0
-
-
-def wait_pg_accepting(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pg_accepting():
-            return
-        time.sleep(0.2)
-    raise RuntimeError("PostgreSQL does not accept connections again")
+@pytest.fixture
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, to stop and start (removed afterwards)."""
+    bindir = find_bindir()
+    if bindir is None:
+        missing = "PostgreSQL's server programs (initdb, pg_ctl, postgres) are not installed"
+        if IN_CI:
+            pytest.fail(f"{missing}: CI needs them")
+        pytest.skip(missing)
+    with private_cluster(bindir) as cluster:
+        yield cluster
 
 
 @pytest.fixture
-def restore_postgresql() -> Iterator[None]:
-    """Whatever happens in the test, PostgreSQL runs again afterwards."""
+def private_pg_url(private_pg: PrivateCluster) -> str:
+    """The private server's `postgres` database, migrated."""
+    url = private_pg.url()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def private_db(private_pg_url: str) -> AsyncIterator[Database]:
+    database = make_database(private_pg_url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def private_server(private_pg_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real server on the private PostgreSQL, reconciling every 0.2 s."""
+    server = ServerProcess(private_pg_url, tmp_path / "server.log", reconciler_enabled="true",
+                           reconciler_interval=0.2, triage_grace=60).start()
+    yield server
+    server.stop()
+
+
+async def _postmaster_started(url: str) -> Any:
+    engine = create_async_engine(url)
     try:
-        yield
+        async with engine.connect() as conn:
+            return (await conn.execute(text("SELECT pg_postmaster_start_time()"))).scalar()
     finally:
-        if not pg_accepting():
-            subprocess.run([*PG_CTL, "start"], check=False, timeout=120, capture_output=True)
-        wait_pg_accepting()
+        await engine.dispose()
+
+
+@pytest.fixture
+def shared_pg_untouched() -> Iterator[None]:
+    """The shared PostgreSQL (if there is one) runs throughout: same postmaster start time."""
+    try:
+        before = asyncio.run(_postmaster_started(PG_ADMIN_URL))
+    except Exception:
+        before = None
+    yield
+    if before is not None:
+        assert asyncio.run(_postmaster_started(PG_ADMIN_URL)) == before, "shared PG restarted"
 
 
 @dataclass
@@ -293,12 +325,10 @@ class Answer:
 
 
 async def test_postgresql_stop_and_start_under_load_answers_503_then_recovers(
-    backend: str, db_url: str, db: Database, server_factory: Any, restore_postgresql: None
+    private_pg: PrivateCluster, private_pg_url: str, private_db: Database,
+    private_server: ServerProcess, shared_pg_untouched: None
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("stopping the database server is a PostgreSQL fault")
-    server = server_factory(reconciler_enabled="true", reconciler_interval=0.2,
-                            triage_grace=60)
+    db, db_url, server = private_db, private_pg_url, private_server
     answers: list[Answer] = []
     stop_load = asyncio.Event()
     timeout = httpx.Timeout(6.0)
@@ -339,12 +369,11 @@ async def test_postgresql_stop_and_start_under_load_answers_503_then_recovers(
         loaders = [asyncio.create_task(load(lane)) for lane in range(8)]
         try:
             await asyncio.sleep(0.5)
-            await asyncio.to_thread(pg, "stop")
+            await asyncio.to_thread(private_pg.stop)
             down_from = time.monotonic()
             await asyncio.sleep(3)
             down_until = time.monotonic()
-            await asyncio.to_thread(pg, "start")
-            await asyncio.to_thread(wait_pg_accepting)
+            await asyncio.to_thread(private_pg.start)  # returns once it accepts connections
             up_at = time.monotonic()
 
             async def answering() -> bool:

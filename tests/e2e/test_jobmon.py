@@ -392,7 +392,7 @@ def test_a_job_cancelled_while_running_is_killed_and_ends_error_fatal(
     (inst,) = task["instances"]
     assert (inst["status"], task["status"]) == ("F", "F"), out
     assert any("KILL_SELF" in e["description"] for e in task["error_log"]), task["error_log"]
-    assert farm.get(f"/v3/workflows/{wf_id}")["status"] == "F"
+    assert farm.get(f"/v3/workflows/{wf_id}")["status"] == "C"  # CANCELLED
 
 
 def test_array_workers_find_their_instance_by_step(

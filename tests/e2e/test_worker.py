@@ -277,7 +277,7 @@ def test_cancel_makes_the_worker_kill_its_command(
     assert ti["status"] == "F"
     assert detail["status"] == "F"
     wf = httpx.get(f"{server.url}/v3/workflows/{wf_id}").json()
-    assert wf["status"] == "F"
+    assert wf["status"] == "C"  # CANCELLED
     events = httpx.get(f"{server.url}/v3/workflows/{wf_id}/events").json()["data"]
     moves = [
         (e["from_status"], e["to_status"])

@@ -147,12 +147,12 @@ async def test_cancel_stops_queued_work_and_tells_running_workers(
     assert await cancel(client, wf["id"]) == {"workflow_id": wf["id"], "changed": {}, "total": 0}
     assert await ok(client.get(f"/v3/workflows/{wf['id']}/events")) == before
 
-    # the worker stops (or the reconciler gives up on it): the workflow FAILED
+    # the worker stops (or the reconciler gives up on it): the workflow is CANCELLED
     assert await error(client, r, "E") == "F"  # a stopped worker's error ends in ERROR_FATAL
     assert await kill_self_sweep(db, db_url) == {"F": 1}
     assert [(await ti_row(db, ti))["status"] for ti in tis] == ["F", "F", "F", "F", "D"]
     summary = await ok(client.get(f"/v3/workflows/{wf['id']}"))
-    assert summary["status"] == "F" and summary["counts"] == {"F": 4, "D": 1}
+    assert summary["status"] == "C" and summary["counts"] == {"F": 4, "D": 1}  # CANCELLED
     for task_id in wf["task_ids"][:4]:
         assert len(await instances_of(db, task_id)) == 1  # cancelled work is never retried
     await assert_consistent(db)
@@ -199,7 +199,7 @@ async def test_resume_gives_failed_tasks_fresh_tries_and_leaves_done_alone(
     await to_status(client, await live_ti(client, c), "R")
     await cancel(client, wf["id"])
     assert await kill_self_sweep(db, db_url) == {"F": 1}
-    assert await wf_status(client, wf["id"]) == "F"
+    assert await wf_status(client, wf["id"]) == "C"  # CANCELLED
     done_before = await task_row(db, a)
 
     answer = await resume(client, wf["id"])

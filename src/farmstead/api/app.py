@@ -1,8 +1,6 @@
 """The FastAPI application: routers, lifespan (schema check, background loops), docs offline."""
 
 import logging
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,12 +10,12 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from farmstead import __version__
-from farmstead.api import errors
+from farmstead.api import errors, local_executor
+from farmstead.api.middleware import RequestGuard
 from farmstead.api.routes_fsm import router as fsm_router
+from farmstead.api.routes_instances import router as instances_router
 from farmstead.api.routes_meta import router as meta_router
 from farmstead.api.routes_workflows import router as workflows_router
-from farmstead.client.executor import LocalExecutor
-from farmstead.client.runner import RunnerConfig
 from farmstead.db.engine import make_database
 from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
 from farmstead.settings import Settings
@@ -48,12 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         background = Background(db, settings)
         background.start()
-        if settings.local_workers:
-            lock = os.path.join(tempfile.gettempdir(), f"farmstead-executor-{settings.port}.lock")
-            background.add("local executor", _executor(settings).run, lock_path=lock)
+        executor = local_executor.build(app, settings) if settings.local_workers else None
+        executor_task = executor and local_executor.start(background, executor, settings)
         try:
             yield
         finally:
+            if executor and executor_task:  # first: it reports through this app and database
+                await local_executor.stop(background, executor_task, executor)
             await background.stop()
             await db.dispose()
 
@@ -66,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+    )
     app.include_router(meta_router)
     app.include_router(fsm_router, prefix="/v3/fsm", generate_unique_id_function=_unique_id("fsm"))
     app.include_router(
@@ -75,17 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_unique_id("jobmon"),
     )
     app.include_router(workflows_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    app.include_router(instances_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     return app
-
-
-def _executor(settings: Settings) -> LocalExecutor:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    config = RunnerConfig(
-        heartbeat_interval=settings.heartbeat_interval, report_increment=settings.report_increment
-    )
-    return LocalExecutor(
-        f"http://{host}:{settings.port}", settings.local_workers, settings.local_mode, config
-    )
 
 
 def _log_to_stderr(level: str) -> None:

@@ -1,10 +1,11 @@
 """The worker-node and distributor routes (/v3/fsm and, for Jobmon's clients, /api/v3)."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path
 
 from farmstead.api.deps import DatabaseDep, SettingsDep
+from farmstead.bounds import IDS_MAX, DbId, Int32, JobId, Label
 from farmstead.fsm import TIStatus
 from farmstead.schemas import (
     ArrayBatch,
@@ -31,7 +32,10 @@ from farmstead.services import nodes, workflows
 from farmstead.services.transitions import Outcome, transition
 
 router = APIRouter(tags=["worker nodes and distributors"])
-TiId = Path(description="task instance id", ge=1)
+TiId = Annotated[DbId, Path(description="task instance id")]
+ArrayId = Annotated[DbId, Path(description="array id")]
+#: {task_instance_id: distributor_id}, at most IDS_MAX of them
+DistributorIds = Annotated[dict[DbId, JobId], Body(min_length=1, max_length=IDS_MAX)]
 
 
 def _worker_fields(body: WorkerFields) -> dict[str, Any]:
@@ -51,7 +55,7 @@ def _message(out: Outcome, ok: str) -> str:
 
 @router.post("/task_instance/{task_instance_id}/log_running", response_model=LogRunningOut)
 async def log_running(
-    db: DatabaseDep, settings: SettingsDep, body: LogRunning, task_instance_id: int = TiId
+    db: DatabaseDep, settings: SettingsDep, body: LogRunning, task_instance_id: TiId
 ) -> Any:
     """A worker started the instance: → RUNNING, with a heartbeat deadline."""
     pgid = None if body.process_group_id is None else str(body.process_group_id)
@@ -85,7 +89,7 @@ async def log_running(
 
 
 @router.post("/task_instance/{task_instance_id}/log_report_by", response_model=StatusOut)
-async def log_report_by(db: DatabaseDep, body: LogReportBy, task_instance_id: int = TiId) -> Any:
+async def log_report_by(db: DatabaseDep, body: LogReportBy, task_instance_id: TiId) -> Any:
     """A worker's heartbeat: extends the deadline; answers the status (KILL_SELF: stop)."""
     fields = nodes.present(
         distributor_id=body.distributor_id, stdout=body.stdout, stderr=body.stderr
@@ -102,7 +106,7 @@ async def log_report_by_batch(db: DatabaseDep, body: BatchReportBy) -> dict[str,
 
 
 @router.post("/task_instance/{task_instance_id}/log_done", response_model=StatusOut)
-async def log_done(db: DatabaseDep, body: LogDone, task_instance_id: int = TiId) -> Any:
+async def log_done(db: DatabaseDep, body: LogDone, task_instance_id: TiId) -> Any:
     """The command exited 0: → DONE, the task DONE."""
     out = await transition(db, task_instance_id, TIStatus.DONE, fields=_worker_fields(body))
     return {"status": out.status.value}
@@ -110,7 +114,7 @@ async def log_done(db: DatabaseDep, body: LogDone, task_instance_id: int = TiId)
 
 @router.post("/task_instance/{task_instance_id}/log_error_worker_node", response_model=StatusOut)
 async def log_error_worker_node(
-    db: DatabaseDep, body: LogErrorWorkerNode, task_instance_id: int = TiId
+    db: DatabaseDep, body: LogErrorWorkerNode, task_instance_id: TiId
 ) -> Any:
     """The command failed: → the error state; the task is retried if it has tries left."""
     out = await transition(
@@ -124,7 +128,7 @@ async def log_error_worker_node(
 
 
 @router.get("/task_instance/{task_instance_id}/task_instance_error_log", response_model=ErrorLogOut)
-async def task_instance_error_log(db: DatabaseDep, task_instance_id: int = TiId) -> Any:
+async def task_instance_error_log(db: DatabaseDep, task_instance_id: TiId) -> Any:
     """The instance's error log: [[id, time, description], ...]."""
     rows = await nodes.error_log(db, task_instance_id)
     return {"task_instance_error_log": [[i, t.isoformat(), d] for i, t, d in rows]}
@@ -134,7 +138,7 @@ async def task_instance_error_log(db: DatabaseDep, task_instance_id: int = TiId)
     "/get_array_task_instance_id/{array_id}/{batch_num}/{step_id}", response_model=ArrayInstanceOut
 )
 async def get_array_task_instance_id(
-    db: DatabaseDep, array_id: int, batch_num: int, step_id: int
+    db: DatabaseDep, array_id: ArrayId, batch_num: Int32, step_id: Int32
 ) -> Any:
     """Which instance an array element is (steps count from 0)."""
     return {"task_instance_id": await nodes.array_instance(db, array_id, batch_num, step_id)}
@@ -142,7 +146,7 @@ async def get_array_task_instance_id(
 
 @router.post("/task_instance/{task_instance_id}/log_distributor_id", response_model=MessageOut)
 async def log_distributor_id(
-    db: DatabaseDep, body: LogDistributorId, task_instance_id: int = TiId
+    db: DatabaseDep, body: LogDistributorId, task_instance_id: TiId
 ) -> Any:
     """The distributor submitted the instance: → LAUNCHED, with its job id and a deadline."""
     out = await nodes.launched(
@@ -155,7 +159,7 @@ async def log_distributor_id(
 
 @router.post("/task_instance/{task_instance_id}/log_no_distributor_id", response_model=MessageOut)
 async def log_no_distributor_id(
-    db: DatabaseDep, body: LogNoDistributorId, task_instance_id: int = TiId
+    db: DatabaseDep, body: LogNoDistributorId, task_instance_id: TiId
 ) -> Any:
     """Submission failed: → NO_DISTRIBUTOR_ID (retried if the task has tries left)."""
     out = await transition(
@@ -168,9 +172,7 @@ async def log_no_distributor_id(
 
 
 @router.post("/task_instance/{task_instance_id}/log_known_error", response_model=MessageOut)
-async def log_known_error(
-    db: DatabaseDep, body: LogKnownError, task_instance_id: int = TiId
-) -> Any:
+async def log_known_error(db: DatabaseDep, body: LogKnownError, task_instance_id: TiId) -> Any:
     """The distributor knows why the instance failed: → the error state."""
     out = await transition(
         db,
@@ -183,9 +185,7 @@ async def log_known_error(
 
 
 @router.post("/task_instance/{task_instance_id}/log_unknown_error", response_model=MessageOut)
-async def log_unknown_error(
-    db: DatabaseDep, body: LogKnownError, task_instance_id: int = TiId
-) -> Any:
+async def log_unknown_error(db: DatabaseDep, body: LogKnownError, task_instance_id: TiId) -> Any:
     """UNKNOWN_ERROR, only once the instance's heartbeat deadline has passed."""
     out = await nodes.log_unknown_error(
         db,
@@ -206,7 +206,7 @@ async def instantiate_task_instances(db: DatabaseDep, body: Instantiate) -> Any:
 
 @router.post("/array/{array_id}/transition_to_launched")
 async def array_transition_to_launched(
-    db: DatabaseDep, array_id: int, body: ArrayLaunch
+    db: DatabaseDep, array_id: ArrayId, body: ArrayLaunch
 ) -> dict[str, int]:
     """The distributor submitted an array batch: its INSTANTIATED instances → LAUNCHED."""
     res = await nodes.launch_batch(db, array_id, body.batch_number, body.next_report_increment)
@@ -215,7 +215,7 @@ async def array_transition_to_launched(
 
 @router.post("/array/{array_id}/transition_to_killed")
 async def array_transition_to_killed(
-    db: DatabaseDep, array_id: int, body: ArrayBatch
+    db: DatabaseDep, array_id: ArrayId, body: ArrayBatch
 ) -> dict[str, int]:
     """The distributor terminated an array batch: its KILL_SELF instances → ERROR_FATAL."""
     res = await nodes.kill_batch(db, array_id, body.batch_number)
@@ -224,7 +224,7 @@ async def array_transition_to_killed(
 
 @router.post("/array/{array_id}/log_distributor_id")
 async def array_log_distributor_id(
-    db: DatabaseDep, array_id: int, body: dict[int, str] = Body(...)
+    db: DatabaseDep, array_id: ArrayId, body: DistributorIds
 ) -> dict[str, bool]:
     """Record the job ids of many instances: {task_instance_id: distributor_id}."""
     await nodes.set_distributor_ids(db, array_id, body)
@@ -232,6 +232,6 @@ async def array_log_distributor_id(
 
 
 @router.get("/cluster/{cluster_name}", response_model=ClusterOut)
-async def get_cluster(db: DatabaseDep, cluster_name: str) -> Any:
+async def get_cluster(db: DatabaseDep, cluster_name: Label) -> Any:
     """A cluster by name: [id, name, cluster_type_name, connection_parameters] or null."""
     return {"cluster": await workflows.cluster(db, cluster_name)}

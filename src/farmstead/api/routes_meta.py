@@ -6,7 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from farmstead.api.deps import DatabaseDep
+from farmstead.api.errors import error_body
 from farmstead.fsm import tables_as_json
+from farmstead.schemas import ErrorOut
 from farmstead.services.lifecycle import readiness
 
 router = APIRouter(tags=["operators"])
@@ -18,15 +20,21 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"model": ErrorOut, "description": "Not ready"}})
 async def ready(db: DatabaseDep) -> Any:
     """The database is reachable and its schema is at the head revision."""
     ok, detail = await readiness(db)
     if ok:
         return {"status": "ready", **detail}
-    return JSONResponse(
-        {"status": "not ready", **detail}, status_code=503, headers={"Retry-After": "5"}
+    cause = detail.pop("error", None)
+    why = (
+        f"database unreachable ({cause})"
+        if cause
+        else f"schema at {detail.get('revision')}, head is {detail.get('head')}: "
+        "run farmstead db upgrade"
     )
+    body = error_body("NotReady", why, status="not ready", **detail)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/v3/fsm/transitions")

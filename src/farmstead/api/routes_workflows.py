@@ -2,9 +2,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from farmstead.api.deps import DatabaseDep, SettingsDep
+from farmstead.bounds import Cursor, DbId
+from farmstead.fsm import TaskStatus, WorkflowStatus
 from farmstead.schemas import (
     ActionOut,
     ClaimRequest,
@@ -19,6 +21,12 @@ from farmstead.schemas import (
 from farmstead.services import actions, claims, workflows
 
 router = APIRouter(tags=["workflows"])
+WorkflowId = Annotated[DbId, Path(description="workflow id")]
+TaskId = Annotated[DbId, Path(description="task id")]
+#: task status letters to filter on (repeat the parameter for several)
+TaskStatuses = Annotated[
+    list[TaskStatus] | None, Query(max_length=20, description="task status letters")
+]
 
 
 @router.post("/workflows", response_model=WorkflowOut, status_code=201)
@@ -31,15 +39,28 @@ async def create_workflow(db: DatabaseDep, settings: SettingsDep, body: Workflow
 async def list_workflows(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Cursor, Query()] = 0,
+    status: Annotated[
+        list[WorkflowStatus] | None,
+        Query(max_length=20, description="only workflows in these statuses (repeat for several)"),
+    ] = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[^\x00]*$",
+            description="only workflows whose name contains this (any case)",
+        ),
+    ] = None,
 ) -> Any:
-    """Workflows, newest first, with their task counts."""
-    data = await workflows.list_all(db, limit, offset)
+    """Workflows, newest first, with their task counts; filtered by status and name."""
+    data = await workflows.list_all(db, limit, offset, status, name)
     return {"data": data, "count": len(data)}
 
 
 @router.get("/workflows/{workflow_id}", response_model=WorkflowOut)
-async def get_workflow(db: DatabaseDep, workflow_id: int) -> Any:
+async def get_workflow(db: DatabaseDep, workflow_id: WorkflowId) -> Any:
     """A workflow: status, counts by task status, percent done."""
     return await workflows.read(db, workflow_id)
 
@@ -47,22 +68,23 @@ async def get_workflow(db: DatabaseDep, workflow_id: int) -> Any:
 @router.get("/workflows/{workflow_id}/tasks", response_model=TasksOut)
 async def list_tasks(
     db: DatabaseDep,
-    workflow_id: int,
-    status: Annotated[list[str] | None, Query(description="task status letters")] = None,
+    workflow_id: WorkflowId,
+    status: TaskStatuses = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    after_id: Annotated[int, Query(ge=0, description="keyset paging: ids above this")] = 0,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[Cursor, Query(description="keyset paging: ids above this")] = 0,
+    offset: Annotated[Cursor, Query()] = 0,
 ) -> Any:
     """A page of a workflow's tasks, optionally only those in some statuses."""
-    data, total = await workflows.tasks(db, workflow_id, status, limit, after_id, offset)
+    letters = [str(s) for s in status] if status else None
+    data, total = await workflows.tasks(db, workflow_id, letters, limit, after_id, offset)
     return {"data": data, "count": total}
 
 
 @router.get("/workflows/{workflow_id}/events", response_model=EventsOut)
 async def list_events(
     db: DatabaseDep,
-    workflow_id: int,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    workflow_id: WorkflowId,
+    after_id: Annotated[Cursor, Query()] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Any:
     """A workflow's events (one per applied transition), oldest first."""
@@ -70,13 +92,13 @@ async def list_events(
 
 
 @router.get("/tasks/{task_id}", response_model=TaskDetailOut)
-async def get_task(db: DatabaseDep, task_id: int) -> Any:
+async def get_task(db: DatabaseDep, task_id: TaskId) -> Any:
     """A task with its instance history and error log."""
     return await workflows.task_detail(db, task_id)
 
 
 @router.post("/workflows/{workflow_id}/cancel", response_model=ActionOut)
-async def cancel_workflow(db: DatabaseDep, workflow_id: int) -> Any:
+async def cancel_workflow(db: DatabaseDep, workflow_id: WorkflowId) -> Any:
     """Cancel: queued work → ERROR_FATAL, running work → KILL_SELF (told at its next heartbeat)."""
     return await actions.cancel(db, workflow_id)
 
@@ -84,7 +106,7 @@ async def cancel_workflow(db: DatabaseDep, workflow_id: int) -> Any:
 @router.post("/workflows/{workflow_id}/resume", response_model=ActionOut)
 async def resume_workflow(
     db: DatabaseDep,
-    workflow_id: int,
+    workflow_id: WorkflowId,
     all: Annotated[bool, Query(description="also give unfinished tasks fresh tries")] = False,
 ) -> Any:
     """Resume: ERROR_FATAL tasks get fresh tries and new instances; DONE tasks are left alone."""

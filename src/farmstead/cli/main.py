@@ -2,7 +2,7 @@
 
 import typer
 
-from farmstead.cli import db, serve, worker, workflows
+from farmstead.cli import db, serve, status, submit, tasks, worker, workflows
 
 app = typer.Typer(
     name="farmstead",
@@ -12,8 +12,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("serve")(serve.serve)
-app.command("submit")(workflows.submit)
-app.command("status")(workflows.status)
+app.command("submit")(submit.submit)
+app.command("status")(status.status)
+app.add_typer(workflows.app, name="workflows")
+app.add_typer(tasks.app, name="tasks")
 app.add_typer(db.app, name="db")
 app.add_typer(worker.app, name="worker")
 

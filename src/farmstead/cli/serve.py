@@ -2,11 +2,11 @@
 
 import asyncio
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from farmstead.cli import preflight
 from farmstead.cli.common import err, fail, load_settings
 from farmstead.settings import DEFAULT_DATABASE_URL, Settings
 
@@ -14,28 +14,28 @@ from farmstead.settings import DEFAULT_DATABASE_URL, Settings
 # so `farmstead worker run` on a compute node starts fast.
 
 
-def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite+aiosqlite:///"
-    if not url.startswith(prefix) or ":memory:" in url:
-        return None
-    return Path(url[len(prefix) :].split("?")[0])
-
-
-def _prepare_database(settings: Settings) -> None:
-    """A new SQLite file is created and migrated; anything else must already be at head."""
+def _prepare_database(settings: Settings, upgrade_command: str) -> None:
+    """A new SQLite file is created and migrated; anything else must already be at head.
+    Every problem is one line and exit 2."""
     from farmstead.db.engine import make_database
     from farmstead.db.migrate import upgrade
     from farmstead.services.lifecycle import SchemaNotReady, check_schema
 
-    path = _sqlite_path(settings.database_url)
+    url = settings.database_url
+    preflight.check_sqlite(url, create=True)
+    path = preflight.sqlite_file(url)
     if path is not None and not path.exists():
-        err.print(f"creating {path} and migrating it")
-        upgrade(settings.database_url)
+        err.print(f"creating {path} and migrating it", markup=False)
+        try:
+            upgrade(url)
+        except Exception as exc:
+            preflight.discard_sqlite(path)  # no half-made file to trip the next start
+            fail(f"cannot create the database {path}: {preflight.reason(exc)}", code=2)
 
     async def check() -> None:
-        db = make_database(settings.database_url)
+        db = make_database(url)
         try:
-            await check_schema(db)
+            await check_schema(db, upgrade_command)
         finally:
             await db.dispose()
 
@@ -44,7 +44,7 @@ def _prepare_database(settings: Settings) -> None:
     except SchemaNotReady as exc:
         fail(str(exc), code=2)
     except Exception as exc:
-        fail(f"cannot reach the database: {exc}", code=2)
+        fail(f"cannot reach the database {preflight.shown(url)}: {preflight.reason(exc)}", code=2)
 
 
 def serve(
@@ -57,6 +57,18 @@ def serve(
     local_workers: Annotated[
         int | None, typer.Option(help="run up to N tasks on this machine (default 0: none)")
     ] = None,
+    drain: Annotated[
+        bool | None,
+        typer.Option(
+            "--drain/--no-drain",
+            help="on Ctrl-C/SIGTERM, let running local tasks finish (a second Ctrl-C stops them) "
+            "instead of stopping them for a retry (default: stop)",
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float | None,
+        typer.Option(help="seconds a stopped local task has after SIGTERM before SIGKILL"),
+    ] = None,
 ) -> None:
     """Run the server. A new SQLite file is migrated on first start."""
     import uvicorn
@@ -67,8 +79,15 @@ def serve(
         database_url=database_url,
         workers=workers,
         local_workers=local_workers,
+        drain=drain,
+        shutdown_grace=shutdown_grace,
     )
-    _prepare_database(settings)
+    # the port first: a server that cannot listen must not create or migrate a database
+    preflight.check_port(settings.host, settings.port)
+    hint = preflight.upgrade_command(
+        settings.database_url, preflight.url_from_environment(database_url)
+    )
+    _prepare_database(settings, hint)
     # Worker processes build their own app from the environment: pass the settings along.
     for key, value in settings.model_dump().items():
         os.environ[f"FARMSTEAD_{key.upper()}"] = str(value)

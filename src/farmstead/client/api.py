@@ -113,6 +113,16 @@ class Api:
         )
         return int(out["task_instance_id"])
 
+    async def statuses(self, ti_ids: list[int], retry_limit: float) -> dict[int, str]:
+        """The current status of each of `ti_ids` (unknown ids left out): one request."""
+        out = await self.call(
+            "POST",
+            "/v3/task_instances/status",
+            {"task_instance_ids": ti_ids},
+            retry_limit=retry_limit,
+        )
+        return {int(i["task_instance_id"]): str(i["status"]) for i in out["data"]}
+
     # --- distributor routes -------------------------------------------------------------
 
     async def claim(self, limit: int, workflow_id: int | None = None) -> list[dict[str, Any]]:
@@ -139,11 +149,6 @@ def _detail(resp: httpx.Response) -> str:
         body = resp.json()
     except ValueError:
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
-    detail = body.get("detail") if isinstance(body, dict) else body
-    if isinstance(detail, list):  # a validation error: name the fields
-        detail = "; ".join(
-            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
-            for d in detail
-            if isinstance(d, dict)
-        )
-    return f"HTTP {resp.status_code}: {detail}"
+    # farmstead's error body: {"error": ..., "detail": "one line", "errors": [...]}
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return f"HTTP {resp.status_code}: {detail if isinstance(detail, str) else str(body)[:200]}"

@@ -1,21 +1,26 @@
 """One command in its own process group: output streamed to files with tails kept, usage
-measured by wait4 (this command's own max RSS and CPU), memory and time limits enforced."""
+measured by wait4 in the launcher (this command's own max RSS and CPU), memory and time limits
+enforced."""
 
 import asyncio
 import contextlib
-import ctypes
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
 TAIL_CHARS = 10_000
+SHELL = "/bin/sh"
+#: how a command is started: under the launcher, a small stdlib-only Python process
+LAUNCHER = [sys.executable, "-I", "-S", str(Path(__file__).with_name("launcher.py"))]
 
 
 class Tail:
@@ -55,10 +60,10 @@ class Exit:
 
     returncode: int  # negative: killed by that signal
     wallclock: float
-    maxrss: int  # bytes
-    cpu: float  # seconds
-    io: int  # bytes (block I/O)
-    killed_for: str | None = None  # "memory" / "runtime" / "stop", when we killed it
+    maxrss: int | None  # bytes: the command's own peak (None: unknown, the launcher was killed)
+    cpu: float | None  # seconds
+    io: int | None  # bytes (block I/O)
+    killed_for: str | None = None  # "memory" / "runtime" / "stop" / "shutdown": why we killed it
     detail: str = ""
 
     @property
@@ -92,32 +97,49 @@ class Command:
     started: float
     stdout: Tail
     stderr: Tail
+    report_fd: int
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
     killed_for: str | None = None
     detail: str = ""
 
     @classmethod
     async def start(
-        cls, command: str, env: dict[str, str], stdout: Path | None, stderr: Path | None
+        cls,
+        command: str,
+        env: dict[str, str],
+        stdout: Path | None,
+        stderr: Path | None,
+        grace: float = 10.0,
     ) -> "Command":
-        """Start `command`; raises OSError (nothing started) if a log file cannot be opened."""
+        """Start `command` under the launcher, in a new session (its process group).
+
+        Raises OSError (nothing started) if a log file cannot be opened. `grace`: if this
+        process dies, the launcher SIGTERMs the group, then SIGKILLs it `grace` s later."""
         out = Tail(stdout)
         try:
             err = Tail(stderr)
         except OSError:
             out.close()
             raise
-        proc = subprocess.Popen(
-            command,
-            shell=True,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        cmd = cls(proc, time.monotonic(), out, err)
+        report_r, report_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [*LAUNCHER, str(report_w), str(grace), SHELL, command],
+                env=env,
+                start_new_session=True,
+                pass_fds=(report_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except BaseException:
+            os.close(report_r)
+            out.close()
+            err.close()
+            raise
+        finally:
+            os.close(report_w)
+        cmd = cls(proc, time.monotonic(), out, err, report_r)
         assert proc.stdout is not None and proc.stderr is not None
         cmd.pumps = [
             asyncio.create_task(_pump(proc.stdout, cmd.stdout)),
@@ -134,14 +156,29 @@ class Command:
             os.killpg(self.proc.pid, sig)
 
     async def stop(self, reason: str, detail: str, grace: float) -> None:
-        """SIGTERM the group, then SIGKILL after `grace` seconds."""
-        if self.killed_for is None:
-            self.killed_for, self.detail = reason, detail
+        """SIGTERM the group, then SIGKILL the command's processes after `grace` seconds.
+
+        The launcher outlives the SIGKILL of its command for a moment, to report its usage.
+        A stop while another is under way does nothing more."""
+        if self.killed_for is not None:
+            return
+        self.killed_for, self.detail = reason, detail
         self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.proc.returncode is None and _alive(self.pid):
+        if await self._ended_within(grace):
+            return
+        for proc in _descendants(self.pid):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if not await self._ended_within(1.0):
+            self.signal_group(signal.SIGKILL)
+
+    async def _ended_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.proc.returncode is None and _alive(self.pid):
+            if time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.05)
-        self.signal_group(signal.SIGKILL)
+        return True
 
     def check_limits(self, limits: Limits) -> tuple[str, str] | None:
         """("memory" | "runtime", why) if the command went over a limit."""
@@ -149,7 +186,7 @@ class Command:
         if limits.runtime is not None and elapsed > limits.runtime:
             return "runtime", f"ran {elapsed:.1f} s, over the runtime limit of {limits.runtime:g} s"
         if limits.memory_bytes is not None:
-            rss = _tree_rss(self.pid)
+            rss = _tree_rss(self.pid)  # the launcher's few MB are not the command's
             if rss > limits.memory_bytes:
                 return "memory", (
                     f"used {rss / 1024**2:.0f} MiB, over the memory limit of "
@@ -168,7 +205,10 @@ class Command:
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-        _, status, usage = os.wait4(self.pid, 0)
+        _, status, _usage = os.wait4(self.pid, 0)  # the launcher's: its size is the server's
+        report = _read_report(self.report_fd)
+        if report is not None:
+            status = int(report["status"])
         returncode = os.waitstatus_to_exitcode(status)
         self.proc.returncode = returncode  # we reaped it: keep Popen from warning
         wallclock = time.monotonic() - self.started
@@ -180,26 +220,40 @@ class Command:
             pump.cancel()
         self.stdout.close()
         self.stderr.close()
+        if report is None:  # the launcher was killed: the command's usage is unknown
+            return Exit(returncode, wallclock, None, None, None, self.killed_for, self.detail)
         return Exit(
             returncode,
             wallclock,
-            usage.ru_maxrss * 1024,
-            usage.ru_utime + usage.ru_stime,
-            (usage.ru_inblock + usage.ru_oublock) * 512,
+            int(report["maxrss"]),
+            float(report["cpu"]),
+            int(report["io"]),
             self.killed_for,
             self.detail,
         )
 
 
+def _read_report(fd: int) -> dict[str, Any] | None:
+    """The launcher's JSON report (None if it died before writing one)."""
+    chunks = []
+    try:
+        os.set_blocking(fd, False)
+        while data := os.read(fd, 65536):
+            chunks.append(data)
+    except BlockingIOError:
+        pass  # a writer still holds the pipe open: take what is there
+    finally:
+        os.close(fd)
+    try:
+        report = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def _set_once(future: "asyncio.Future[None]") -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _die_with_parent() -> None:
-    """In the child: be killed when the worker dies, so a lost worker leaves no orphan running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 async def _pump(pipe: IO[bytes], tail: Tail) -> None:
@@ -221,14 +275,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _tree_rss(pid: int) -> int:
+def _descendants(pid: int) -> list[psutil.Process]:
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return list(psutil.Process(pid).children(recursive=True))
     except psutil.Error:
-        return 0
+        return []
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident size of the processes under `pid` (the launcher's own not counted)."""
     total = 0
-    for p in procs:
+    for p in _descendants(pid):
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total

@@ -11,9 +11,9 @@ import os
 import re
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from farmstead.client.api import Api, ClientError, ServerUnavailable
 from farmstead.client.process import Command, Exit, Limits
@@ -40,6 +40,11 @@ class RunnerConfig:
     #: after SIGTERM, how long the command has before SIGKILL
     kill_grace: float = 10.0
     nodename: str = ""
+    #: more environment for the commands (e.g. the local executor's marker)
+    env: dict[str, str] = field(default_factory=dict)
+    #: on SIGTERM, stop the command and report it for a retry (a worker process of its own;
+    #: not inside a server, whose signals are the server's)
+    stop_on_sigterm: bool = True
 
 
 @dataclass
@@ -56,16 +61,62 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200] or "task"
 
 
+class Watcher(Protocol):
+    """Told when a command starts (its process group) and when its instance was reported."""
+
+    def add(self, ti_id: int, pid: int) -> None: ...
+
+    def remove(self, ti_id: int) -> None: ...
+
+
 class Runner:
     """Runs task instances against one server."""
 
-    def __init__(self, api: Api, config: RunnerConfig | None = None) -> None:
+    def __init__(
+        self, api: Api, config: RunnerConfig | None = None, watcher: Watcher | None = None
+    ) -> None:
         self.api = api
         self.config = config or RunnerConfig()
+        self.watcher = watcher
         self.nodename = self.config.nodename or socket.getfqdn()
+        #: the commands running now, by instance id
+        self.commands: dict[int, Command] = {}
+        #: set by stop_all: (reason, why); no command starts any more
+        self.stopping: tuple[str, str] | None = None
+        self._signal_tasks: set[asyncio.Future[None]] = set()
+
+    async def stop(self, ti_id: int, reason: str, detail: str) -> None:
+        """Stop the command of `ti_id` (if it runs): SIGTERM, then SIGKILL after the grace."""
+        cmd = self.commands.get(ti_id)
+        if cmd is not None:
+            await cmd.stop(reason, detail, self.config.kill_grace)
+
+    async def stop_all(self, reason: str, detail: str) -> None:
+        """Start no more commands; stop every running one (each is then reported)."""
+        self.stopping = (reason, detail)
+        await asyncio.gather(*(self.stop(ti, reason, detail) for ti in list(self.commands)))
 
     async def run(self, ti_id: int, distributor_id: str | None = None) -> Outcome:
         """Run instance `ti_id` to its end and report it. Raises ClientError on a 4xx."""
+        if not self.config.stop_on_sigterm:
+            return await self._run(ti_id, distributor_id)
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            return await self._run(ti_id, distributor_id)
+        try:
+            return await self._run(ti_id, distributor_id)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    def _on_sigterm(self) -> None:
+        log.warning("SIGTERM: stopping the command; its instance will be retried")
+        task = asyncio.ensure_future(self.stop_all("shutdown", "the worker received SIGTERM"))
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+
+    async def _run(self, ti_id: int, distributor_id: str | None) -> Outcome:
         cfg = self.config
         body: dict[str, Any] = {
             "process_group_id": str(os.getpid()),
@@ -96,12 +147,24 @@ class Runner:
             "FARMSTEAD_TASK_ID": str(task_id),
             "FARMSTEAD_TASK_INSTANCE_ID": str(ti_id),
             "FARMSTEAD_WORKFLOW_ID": str(workflow_id),
+            **cfg.env,
         }
         stem = f"{_safe(name)}"
         stdout = Path(out_dir) / f"{stem}.o{ti_id}" if out_dir else None
         stderr = Path(err_dir) / f"{stem}.e{ti_id}" if err_dir else None
+        if self.stopping is not None:  # stopped between the claim and the start: nothing ran
+            reported = await self._deliver(
+                ti_id,
+                "log_error_worker_node",
+                {
+                    "error_state": "U",
+                    "error_description": f"stopped before it started: {self.stopping[1]}",
+                    "nodename": self.nodename,
+                },
+            )
+            return Outcome(ti_id, EXIT_NOT_RUN, reported, ran=False)
         try:
-            cmd = await Command.start(command, env, stdout, stderr)
+            cmd = await Command.start(command, env, stdout, stderr, cfg.kill_grace)
         except OSError as exc:
             # Nothing started: say why, so the instance does not wait for the reconciler.
             log.error("task instance %s: cannot start: %s", ti_id, exc)
@@ -120,13 +183,19 @@ class Runner:
                 ti_id, cmd, Limits.from_resources(answer.get("resources")), interval, increment
             )
         )
+        self.commands[ti_id] = cmd
+        if self.watcher is not None:
+            self.watcher.add(ti_id, cmd.pid)
         try:
             result = await cmd.wait()
         finally:
+            self.commands.pop(ti_id, None)
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         reported = await self._report(ti_id, cmd, result)
+        if self.watcher is not None and reported is not None:
+            self.watcher.remove(ti_id)
         code = result.exit_code if reported is not None else EXIT_UNDELIVERED
         return Outcome(ti_id, code, reported, ran=True)
 
@@ -163,10 +232,9 @@ class Runner:
             "stdout_log": cmd.stdout.text,
             "stderr_log": cmd.stderr.text,
             "wallclock": round(result.wallclock, 3),
-            "maxrss": result.maxrss,
-            "cpu": round(result.cpu, 3),
-            "io": result.io,
         }
+        if result.maxrss is not None and result.cpu is not None:
+            fields |= {"maxrss": result.maxrss, "cpu": round(result.cpu, 3), "io": result.io}
         if cmd.stdout.path is not None:
             fields["stdout"] = str(cmd.stdout.path)
         if cmd.stderr.path is not None:
@@ -197,6 +265,8 @@ def _verdict(result: Exit, stderr_tail: str) -> tuple[str, str]:
         return "Z", f"killed for {result.killed_for}: {result.detail}"
     if result.killed_for == "stop":
         return "F", f"stopped: {result.detail}"
+    if result.killed_for == "shutdown":  # not the command's fault: an error that is retried
+        return "U", f"stopped: {result.detail}"
     if result.returncode == 0:
         return "D", ""
     if result.returncode == -signal.SIGKILL:

@@ -112,6 +112,8 @@ class TaskInstance(Base):
     status_date: Mapped[datetime] = mapped_column(UTCDateTime)
     submitted_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     report_by_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: when the instance last reported (running, heartbeat): named when it expires
+    last_report_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: a retry is not instantiated before this time (the workflow's retry delay)
     available_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     distributor_id: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -24,6 +24,9 @@ _TASK_FOLLOWS: dict[TIStatus, TaskStatus] = {
 #: Task statuses that hold no live instance: an instance still alive belongs to an older try.
 _TASK_MOVED_ON = frozenset({T.REGISTERING, T.ADJUSTING_RESOURCES, T.ERROR_RECOVERABLE})
 DEFAULT_RESOURCE_SCALES: dict[str, float] = {"memory": 1.5, "runtime": 1.5}
+#: The most a resource may ask for (GB, seconds, cores): submissions are checked against it and
+#: scaling after resource errors stops there, so a value never grows past what can be stored.
+RESOURCE_MAX: dict[str, float] = {"memory": 1_000_000, "runtime": 366 * 86400, "cores": 100_000}
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ def retry_resources(
     for key, factor in (DEFAULT_RESOURCE_SCALES if scales is None else scales).items():
         value = out.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            scaled = value * factor
-            out[key] = math.ceil(scaled) if isinstance(value, int) else scaled
+            scaled = min(value * factor, RESOURCE_MAX.get(key, math.inf))
+            if math.isfinite(scaled):
+                out[key] = math.ceil(scaled) if isinstance(value, int) else scaled
     return out

@@ -41,6 +41,7 @@ class WorkflowStatus(StrEnum):
     RUNNING = "R"
     DONE = "D"
     FAILED = "F"
+    CANCELLED = "C"
 
 
 TI = TIStatus
@@ -55,16 +56,17 @@ LIVE_TI: frozenset[TIStatus] = frozenset(TIStatus) - TERMINAL_TI
 TERMINAL_TASK: frozenset[TaskStatus] = frozenset({TaskStatus.DONE, TaskStatus.ERROR_FATAL})
 
 
-def workflow_status(counts: dict[str, int]) -> WorkflowStatus:
-    """A workflow's status from its task counts by status letter.
+def workflow_status(counts: dict[str, int], cancelled: bool = False) -> WorkflowStatus:
+    """A workflow's status from its task counts by status letter, and its cancel flag.
 
-    RUNNING while any task can still move; DONE when every task is DONE; FAILED when nothing can
-    move and some task is ERROR_FATAL.
+    RUNNING while any task can still move (a cancelled workflow too, while its commands stop);
+    DONE when every task is DONE; then CANCELLED if an operator cancelled it, FAILED if not and
+    some task is ERROR_FATAL.
     """
     total = sum(counts.values())
     settled = sum(n for s, n in counts.items() if s in TERMINAL_TASK)
     if settled < total:
         return WorkflowStatus.RUNNING
     if counts.get(TaskStatus.ERROR_FATAL, 0):
-        return WorkflowStatus.FAILED
+        return WorkflowStatus.CANCELLED if cancelled else WorkflowStatus.FAILED
     return WorkflowStatus.DONE

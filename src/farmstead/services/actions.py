@@ -47,7 +47,8 @@ async def _cancel_round(db: Database, workflow_id: int, total: BulkResult) -> in
         while True:
             async with unit_of_work(db) as session:
                 # Wait for locked rows (up to the lock timeout) rather than skip them: an
-                # instance in the middle of a transition must not escape the cancel.
+                # instance in the middle of a transition must not escape the cancel. Waiting,
+                # it locks in the global order: these instances by id, then their tasks by id.
                 cands = await bulk_store.lock_candidates(
                     session,
                     bulk_store.of_workflow(workflow_id, statuses),

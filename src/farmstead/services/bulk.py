@@ -72,12 +72,14 @@ async def apply_bulk(
         else:
             result.skipped += 1
     events: list[EventRow] = []
+    retries: list[tuple[Candidate, bool]] = []  # (member, adjust its resources)
     info = dict(details or {})
     for move, members in groups.items():
         ids = [c.ti_id for c in members]
         values = dict(fields or {})
         if report_increment is not None and move.ti_to in (TIStatus.LAUNCHED, TIStatus.RUNNING):
             values["report_by_date"] = seconds_from_now(report_increment)
+            values["last_report_date"] = db_now()
         await store.set_instances(session, ids, move.ti_to.value, values)
         note = {**info, "requested": requested.value} if requested != move.ti_to else info
         why = {c.ti_id: (errors or {}).get(c.ti_id) or error for c in members}
@@ -98,9 +100,11 @@ async def apply_bulk(
         if move.task_path:
             await _move_tasks(session, move, members, why, events)
         if move.retry:
-            result.retried += await _queue_retries(session, move.adjust, members, events)
+            retries += [(c, move.adjust) for c in members]
         result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)
         result.ids += ids
+    if retries:  # after every group: the array rows are locked last, in id order
+        result.retried += await _queue_retries(session, retries, events)
     await insert_events(session, events)
     return result
 
@@ -133,17 +137,21 @@ async def _move_tasks(
 
 
 async def _queue_retries(
-    session: AsyncSession, adjust: bool, members: Sequence[Candidate], events: list[EventRow]
+    session: AsyncSession, members: Sequence[tuple[Candidate, bool]], events: list[EventRow]
 ) -> list[int]:
-    """A new QUEUED instance for each member's task, each array's retries in new batches."""
+    """A new QUEUED instance for each member's task, each array's retries in new batches.
+
+    Each array's row is locked to reserve its batch numbers: arrays in id order, after the
+    instances and tasks (the global lock order, store.locks).
+    """
     new_ids: list[int] = []
-    by_array: dict[int, list[Candidate]] = defaultdict(list)
-    for c in members:
-        by_array[c.array_id].append(c)
-    for array_id, cands in by_array.items():
+    by_array: dict[int, list[tuple[Candidate, bool]]] = defaultdict(list)
+    for c, adjust in members:
+        by_array[c.array_id].append((c, adjust))
+    for array_id, cands in sorted(by_array.items()):
         first = await store.next_batches(session, array_id, len(cands))
         by_delay: dict[float, list[dict[str, Any]]] = defaultdict(list)
-        for offset, c in enumerate(cands):
+        for offset, (c, adjust) in enumerate(cands):
             res = retry_resources(c.resources, c.resource_scales) if adjust else c.resources
             by_delay[c.retry_delay].append(
                 {

@@ -19,15 +19,20 @@ class SchemaNotReady(RuntimeError):
     """The database has not been migrated to this farmstead's schema."""
 
 
-async def check_schema(db: Database) -> None:
-    """Refuse to serve a database whose schema is not at head; say which command fixes it."""
+async def check_schema(db: Database, upgrade_command: str | None = None) -> None:
+    """Refuse to serve a database whose schema is not at head; say which command fixes it.
+
+    `upgrade_command` is that command as the caller knows the user should type it; by default
+    it names the database by its URL (password hidden), so it migrates this same database.
+    """
     head = head_revision()
     current = await current_revision(db)
     if current != head:
+        url = db.write_engine.url.render_as_string(hide_password=True)
         state = "has never been migrated" if current is None else f"is at revision {current}"
+        command = upgrade_command or f"farmstead db upgrade --database-url '{url}'"
         raise SchemaNotReady(
-            f"the database {db.write_engine.url.render_as_string(hide_password=True)} {state}; "
-            f"this farmstead needs revision {head}. Run: farmstead db upgrade"
+            f"the database {url} {state}; this farmstead needs revision {head}. Run: {command}"
         )
 
 

@@ -47,7 +47,11 @@ async def heartbeat(db: Database, ti_id: int, increment: float, fields: dict[str
 
 
 async def heartbeat_batch(db: Database, ids: Sequence[int], increment: float) -> int:
-    """A distributor's heartbeat for many instances: one statement per chunk, no row locks."""
+    """A distributor's heartbeat for many instances: one statement per chunk.
+
+    Sorted first, so the chunks of the one transaction lock their rows in id order too.
+    """
+    ids = sorted(set(ids))
     updated = 0
     async with unit_of_work(db) as session:
         for start in range(0, len(ids), 50_000):
@@ -103,6 +107,7 @@ async def log_unknown_error(
 
 async def instantiate(db: Database, ids: Sequence[int]) -> list[list[Any]]:
     """QUEUED instances among `ids` → INSTANTIATED; answer Jobmon's batches of what moved."""
+    ids = sorted(set(ids))  # chunks in id order (their locks skip, never wait, all the same)
     moved: list[int] = []
     async with unit_of_work(db) as session:
         for start in range(0, len(ids), _CHUNK):

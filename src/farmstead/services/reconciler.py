@@ -40,13 +40,21 @@ def _since(c: Candidate) -> str:
     return c.report_by_date.isoformat() if c.report_by_date else "its launch"
 
 
+def _silent(c: Candidate) -> str:
+    """Why a running instance expired: when it last reported, and the deadline it missed."""
+    deadline = c.report_by_date.isoformat() if c.report_by_date else "none"
+    if c.last_report_date is None:  # e.g. a row written before last_report_date existed
+        return f"no heartbeat by its deadline {deadline}"
+    return f"no heartbeat since {c.last_report_date.isoformat()} (deadline {deadline} passed)"
+
+
 RULES: tuple[Rule, ...] = (
     Rule("running past deadline", lambda s: store.deadline_passed("R"), TI.TRIAGING),
     Rule(
         "triage grace over",
         lambda s: store.in_status_for("T", s.triage_grace),
         TI.UNKNOWN_ERROR,
-        lambda c, s: f"no heartbeat since {_since(c)}",
+        lambda c, s: _silent(c),
     ),
     Rule(
         "launched, never reported",

@@ -65,7 +65,11 @@ async def transition_in(
     error: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Outcome:
-    """`transition` inside a transaction the caller opened."""
+    """`transition` inside a transaction the caller opened.
+
+    Locks the instance, then its task, then (for a retry) its array: the global lock order
+    (store.locks), so it never deadlocks with another transition or a set-based move.
+    """
     ti = await store.lock_instance(session, ti_id)
     if ti is None:
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)

@@ -1,5 +1,6 @@
 """Submission and reading of workflows and their tasks (farmstead's own /v3 API)."""
 
+from collections.abc import Collection
 from typing import Any
 
 from farmstead.db.engine import Database
@@ -45,7 +46,7 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
         await store.record_event(
             session, wf_id, "R", {"submitted_tasks": created, "array_id": array_id}
         )
-    return await read(db, wf_id) | {"array_ids": [array_id]}
+    return await read(db, wf_id)  # array_ids included, as every read has them
 
 
 async def read(db: Database, workflow_id: int) -> dict[str, Any]:
@@ -60,7 +61,7 @@ async def read(db: Database, workflow_id: int) -> dict[str, Any]:
 
 def _summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     total = sum(counts.values())
-    status = workflow_status(counts)
+    status = workflow_status(counts, cancelled=row.get("cancelled_date") is not None)
     done = counts.get("D", 0)
     return {
         **row,
@@ -72,11 +73,45 @@ def _summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-async def list_all(db: Database, limit: int, offset: int) -> list[dict[str, Any]]:
-    """Workflows, newest first, with their counts."""
+#: Workflows read per step when a status filter has to look further than one page.
+LIST_CHUNK = 500
+
+
+async def list_all(
+    db: Database,
+    limit: int,
+    offset: int,
+    statuses: Collection[str] | None = None,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """Workflows, newest first, with their counts; only those in `statuses` and named like `name`.
+
+    A workflow's status is derived from its counts (`_summary`, the one place that decides), so
+    a status filter reads workflows in chunks, newest first, until the page is full: one query
+    for the workflows and one grouped count query per chunk.
+    """
     async with unit_of_work(db, write=False) as session:
-        rows = await store.list_workflows(session, limit, offset)
-        return [_summary(r, await store.task_counts(session, r["id"])) for r in rows]
+        if not statuses:
+            rows = await store.list_workflows(session, limit, offset, name=name)
+            counts = await store.task_counts_of(session, [r["id"] for r in rows])
+            return [_summary(r, counts[r["id"]]) for r in rows]
+        page: list[dict[str, Any]] = []
+        skip, below = offset, None
+        while len(page) < limit:
+            rows = await store.list_workflows(session, LIST_CHUNK, name=name, below_id=below)
+            counts = await store.task_counts_of(session, [r["id"] for r in rows])
+            for row in rows:
+                summary = _summary(row, counts[row["id"]])
+                if summary["status"] not in statuses:
+                    continue
+                if skip:
+                    skip -= 1
+                elif len(page) < limit:
+                    page.append(summary)
+            if len(rows) < LIST_CHUNK:
+                break
+            below = rows[-1]["id"]
+        return page
 
 
 async def tasks(
@@ -118,3 +153,10 @@ async def cluster(db: Database, name: str) -> list[Any] | None:
     async with unit_of_work(db, write=False) as session:
         row = await store.cluster(session, name)
     return None if row is None else list(row)
+
+
+async def instance_statuses(db: Database, ti_ids: list[int]) -> list[dict[str, Any]]:
+    """The current status of each of `ti_ids` that exists (an executor's cancel check)."""
+    async with unit_of_work(db, write=False) as session:
+        rows = await store.instance_statuses(session, ti_ids)
+    return [{"task_instance_id": i, "status": s} for i, s in rows]

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from farmstead.db.types import db_now
 from farmstead.fsm import LIVE_TI
 from farmstead.store.bulk import insert_queued, next_batches
+from farmstead.store.locks import in_lock_order
 from farmstead.store.sql import TASK, TI, dialect, id_in
 
 _LIVE = sorted(s.value for s in LIVE_TI)
@@ -28,7 +29,7 @@ class FailedTask:
 async def lock_failed_tasks(
     session: AsyncSession, workflow_id: int, limit: int
 ) -> list[FailedTask]:
-    """ERROR_FATAL tasks of a workflow with no live instance left, locked."""
+    """ERROR_FATAL tasks of a workflow with no live instance left, locked in id order."""
     live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
     stmt = (
         select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources)
@@ -57,12 +58,12 @@ async def requeue_tasks(session: AsyncSession, ids: Sequence[int]) -> None:
 
 
 async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTask]) -> list[int]:
-    """A new QUEUED instance per task, each in a new batch of its array."""
+    """A new QUEUED instance per task, each in a new batch of its array (arrays locked by id)."""
     by_array: dict[int, list[FailedTask]] = {}
     for t in tasks:
         by_array.setdefault(t.array_id, []).append(t)
     ids: list[int] = []
-    for array_id, members in by_array.items():
+    for array_id, members in sorted(by_array.items()):
         first = await next_batches(session, array_id, len(members))
         ids += await insert_queued(
             session,
@@ -82,14 +83,18 @@ async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTas
 
 
 async def refresh_tries(session: AsyncSession, workflow_id: int) -> int:
-    """Unfinished tasks with a live instance: their tries count again from that instance."""
+    """Unfinished tasks with a live instance: their tries count again from that instance.
+
+    The tasks are locked by id first (store.locks), as every other writer locks them.
+    """
+    stale = and_(
+        TASK.c.workflow_id == workflow_id,
+        TASK.c.status.not_in(("D", "F")),
+        TASK.c.attempts_base < TASK.c.num_attempts - 1,
+    )
     stmt = (
         update(TASK)
-        .where(
-            TASK.c.workflow_id == workflow_id,
-            TASK.c.status.not_in(("D", "F")),
-            TASK.c.attempts_base < TASK.c.num_attempts - 1,
-        )
+        .where(in_lock_order(session, TASK.c.id, stale))
         .values(attempts_base=TASK.c.num_attempts - 1)
         .execution_options(synchronize_session=False)
     )

@@ -9,7 +9,8 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from farmstead.db.types import db_now, seconds_from_now
-from farmstead.store.sql import ARRAY, ERRLOG, TASK, TI, WORKFLOW, dialect, id_in
+from farmstead.store.locks import in_lock_order, instances_by_id, lock_tasks
+from farmstead.store.sql import ARRAY, ERRLOG, TASK, TI, WORKFLOW, dialect, id_in, id_pairs
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Candidate:
     retry_delay: float
     cancelled: bool  # the workflow was cancelled: no retries
     report_by_date: datetime | None
+    last_report_date: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ def _candidates(
             WORKFLOW.c.retry_delay,
             WORKFLOW.c.cancelled_date.is_not(None),
             TI.c.report_by_date,
+            TI.c.last_report_date,
         )
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
@@ -83,9 +86,39 @@ async def lock_candidates(
     skip_locked: bool = True,
     by_priority: bool = False,
 ) -> list[Candidate]:
-    """Lock and read the instances matching `where`, with their tasks."""
-    rows = (await session.execute(_candidates(where, limit, skip_locked, by_priority))).all()
-    return [Candidate(*r) for r in rows]
+    """Lock and read the instances matching `where`, with their tasks.
+
+    With `skip_locked` (claims, sweeps, distributor batches): one statement that skips every
+    instance or task another transaction holds, so it never waits, in whatever order it reads
+    (a sweep's index, a claim's priorities). Without it (cancel): wait for each lock, in the
+    global order (store.locks): the instances by id, then their tasks by id, two statements.
+    """
+    if skip_locked:
+        rows = (await session.execute(_candidates(where, limit, skip_locked, by_priority))).all()
+        return [Candidate(*r) for r in rows]
+    if isinstance(where, Sweep) or by_priority:
+        raise ValueError("a locking read that waits must take its rows in id order")
+    found = (await session.execute(instances_by_id(where, limit))).all()
+    tasks = await lock_tasks(session, [r.task_id for r in found])
+    return [
+        Candidate(
+            ti_id=r.id,
+            ti_status=r.status,
+            task_id=r.task_id,
+            task_status=(t := tasks[r.task_id]).status,
+            tries=t.tries,
+            max_attempts=t.max_attempts,
+            workflow_id=r.workflow_id,
+            array_id=r.array_id,
+            resources=r.resources,
+            resource_scales=t.resource_scales,
+            retry_delay=t.retry_delay,
+            cancelled=t.cancelled,
+            report_by_date=r.report_by_date,
+            last_report_date=r.last_report_date,
+        )
+        for r in found
+    ]
 
 
 def by_ids(session: AsyncSession, ids: Sequence[int], statuses: Sequence[str]) -> Any:
@@ -137,7 +170,7 @@ def in_status_for(status: str, seconds: float) -> Sweep:
 async def set_instances(
     session: AsyncSession, ids: Sequence[int], status: str, values: dict[str, Any]
 ) -> None:
-    """Move locked instances to `status` in one statement."""
+    """Move instances to `status` in one statement (rows the caller locked: no new lock)."""
     stmt = (
         update(TI)
         .where(id_in(TI.c.id, ids, dialect(session)))
@@ -159,7 +192,7 @@ async def set_tasks(
     values: dict[str, Any],
     bump_attempts: bool = False,
 ) -> None:
-    """Move locked tasks to `status` in one statement."""
+    """Move tasks to `status` in one statement (rows the caller locked: no new lock)."""
     extra = dict(values)
     if bump_attempts:
         extra["num_attempts"] = TASK.c.num_attempts + 1
@@ -208,13 +241,19 @@ async def insert_queued(session: AsyncSession, rows: list[dict[str, Any]]) -> li
 
 
 async def set_distributor_ids(session: AsyncSession, array_id: int, mapping: dict[int, str]) -> int:
-    """Write the distributor ids of many instances of one array in one statement."""
+    """Write the distributor ids of many instances of one array: one statement, any number."""
     if not mapping:
         return 0
+    pairs = id_pairs(mapping, dialect(session))
+    # `+ 0`: SQLite then loops over the pairs and finds each row by its primary key, instead
+    # of scanning the array's rows and searching the pairs for each one (n²)
+    mine = TI.c.array_id + 0 == array_id
+    if dialect(session) == "postgresql":  # lock them by id first: the global order
+        mine = in_lock_order(session, TI.c.id, mine & id_in(TI.c.id, list(mapping), "postgresql"))
     stmt = (
         update(TI)
-        .where(TI.c.array_id == array_id, id_in(TI.c.id, list(mapping), dialect(session)))
-        .values(distributor_id=case(mapping, value=TI.c.id))
+        .where(TI.c.id == pairs.c.id, mine)
+        .values(distributor_id=pairs.c.value)
         .execution_options(synchronize_session=False)
     )
     return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]

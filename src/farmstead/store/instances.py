@@ -7,6 +7,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from farmstead.db.types import db_now, seconds_from_now
+from farmstead.store.locks import in_lock_order
 from farmstead.store.rows import InstanceRow, TaskRow
 from farmstead.store.sql import ERRLOG, TASK, TI, WORKFLOW, dialect, id_in
 
@@ -50,22 +51,27 @@ async def lock_task(session: AsyncSession, task_id: int) -> TaskRow:
 async def heartbeat(
     session: AsyncSession, ti_id: int, increment: float, fields: dict[str, Any]
 ) -> bool:
-    """Extend a RUNNING instance's deadline without a row lock; False if it is not RUNNING."""
+    """Extend a RUNNING instance's deadline (one guarded UPDATE, locking only that row, in a
+    transaction that holds no other lock); False if it is not RUNNING."""
     stmt = (
         update(TI)
         .where(and_(TI.c.id == ti_id, TI.c.status == "R"))
-        .values(report_by_date=seconds_from_now(increment), **fields)
+        .values(report_by_date=seconds_from_now(increment), last_report_date=db_now(), **fields)
         .returning(TI.c.id)
     )
     return (await session.execute(stmt)).first() is not None
 
 
 async def heartbeat_batch(session: AsyncSession, ids: Sequence[int], increment: float) -> int:
-    """Extend the deadline of every LAUNCHED or RUNNING instance in `ids`: one statement."""
+    """Extend the deadline of every LAUNCHED or RUNNING instance in `ids`: one statement.
+
+    The rows are locked in id order first (store.locks), as every other writer locks them.
+    """
+    live = and_(id_in(TI.c.id, ids, dialect(session)), TI.c.status.in_(("O", "R")))
     stmt = (
         update(TI)
-        .where(and_(id_in(TI.c.id, ids, dialect(session)), TI.c.status.in_(("O", "R"))))
-        .values(report_by_date=seconds_from_now(increment))
+        .where(in_lock_order(session, TI.c.id, live))
+        .values(report_by_date=seconds_from_now(increment), last_report_date=db_now())
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(stmt)

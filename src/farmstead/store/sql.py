@@ -1,12 +1,13 @@
 """Dialect helpers shared by the store modules."""
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import BigInteger, Integer
+from sqlalchemy.types import BigInteger, Integer, Text
 
 from farmstead.db.models import Array, Event, Task, TaskInstance, TaskInstanceErrorLog, Workflow
 from farmstead.db.types import db_now
@@ -30,6 +31,21 @@ def id_in(column: ColumnElement[Any], ids: Sequence[int], dialect_name: str) -> 
         return column == func.any(bindparam("ids", list(ids), type_=postgresql.ARRAY(BigInteger)))
     table = func.json_each(bindparam("ids", "[" + ",".join(str(int(i)) for i in ids) + "]"))
     return column.in_(select(table.table_valued("value").c.value.cast(Integer)))
+
+
+def id_pairs(mapping: Mapping[int, str], dialect_name: str) -> Any:
+    """A table `pairs(id, value)` of `mapping`, bound as at most two parameters, whatever its size.
+
+    Join it in an UPDATE … FROM to write a different value per row in one statement (a CASE
+    would bind two parameters per row and compare each row with every id).
+    """
+    if dialect_name == "postgresql":
+        ids = bindparam("pair_ids", list(mapping), type_=postgresql.ARRAY(BigInteger))
+        values = bindparam("pair_values", list(mapping.values()), type_=postgresql.ARRAY(Text))
+        return func.unnest(ids, values).table_valued("id", "value").render_derived("pairs")
+    as_json = json.dumps({str(int(k)): v for k, v in mapping.items()}, ensure_ascii=False)
+    table = func.json_each(bindparam("pairs", as_json)).table_valued("key", "value")
+    return select(table.c.key.cast(Integer).label("id"), table.c.value).subquery("pairs")
 
 
 async def insert_events(session: AsyncSession, events: Sequence[Any]) -> None:

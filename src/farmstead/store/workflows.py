@@ -173,7 +173,24 @@ async def workflow_row(session: AsyncSession, workflow_id: int) -> dict[str, Any
         .mappings()
         .first()
     )
-    return None if row is None else dict(row)
+    return None if row is None else (await _with_array_ids(session, [dict(row)]))[0]
+
+
+async def _with_array_ids(
+    session: AsyncSession, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`rows` (workflows), each with the ids of its arrays in `array_ids`: one query."""
+    if not rows:
+        return rows
+    stmt = (
+        select(ARRAY.c.workflow_id, ARRAY.c.id)
+        .where(id_in(ARRAY.c.workflow_id, [r["id"] for r in rows], dialect(session)))
+        .order_by(ARRAY.c.id)
+    )
+    arrays: dict[int, list[int]] = {}
+    for wf_id, array_id in (await session.execute(stmt)).all():
+        arrays.setdefault(int(wf_id), []).append(int(array_id))
+    return [{**r, "array_ids": arrays.get(r["id"], [])} for r in rows]
 
 
 async def task_counts(session: AsyncSession, workflow_id: int) -> dict[str, int]:
@@ -186,10 +203,39 @@ async def task_counts(session: AsyncSession, workflow_id: int) -> dict[str, int]
     return {s: int(n) for s, n in (await session.execute(stmt)).all()}
 
 
-async def list_workflows(session: AsyncSession, limit: int, offset: int) -> list[dict[str, Any]]:
-    """Workflows, newest first."""
-    stmt = select(WORKFLOW).order_by(WORKFLOW.c.id.desc()).limit(limit).offset(offset)
-    return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
+async def task_counts_of(
+    session: AsyncSession, workflow_ids: Sequence[int]
+) -> dict[int, dict[str, int]]:
+    """How many tasks of each of several workflows are in each status: one grouped query."""
+    if not workflow_ids:
+        return {}
+    stmt = (
+        select(TASK.c.workflow_id, TASK.c.status, func.count())
+        .where(id_in(TASK.c.workflow_id, workflow_ids, dialect(session)))
+        .group_by(TASK.c.workflow_id, TASK.c.status)
+    )
+    counts: dict[int, dict[str, int]] = {int(i): {} for i in workflow_ids}
+    for wf_id, status, n in (await session.execute(stmt)).all():
+        counts[int(wf_id)][status] = int(n)
+    return counts
+
+
+async def list_workflows(
+    session: AsyncSession,
+    limit: int,
+    offset: int = 0,
+    name: str | None = None,
+    below_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Workflows, newest first; only names containing `name` (any case), ids below `below_id`."""
+    stmt = select(WORKFLOW)
+    if name:
+        stmt = stmt.where(WORKFLOW.c.name.icontains(name, autoescape=True))
+    if below_id is not None:
+        stmt = stmt.where(WORKFLOW.c.id < below_id)
+    stmt = stmt.order_by(WORKFLOW.c.id.desc()).limit(limit).offset(offset)
+    rows = [dict(r) for r in (await session.execute(stmt)).mappings().all()]
+    return await _with_array_ids(session, rows)
 
 
 async def list_tasks(
@@ -286,3 +332,11 @@ async def cluster(session: AsyncSession, name: str) -> tuple[int, str, str, str 
         )
     ).first()
     return None if row is None else (int(row[0]), row[1], row[2], row[3])
+
+
+async def instance_statuses(session: AsyncSession, ti_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """(id, status) of each of `ti_ids` that exists: one statement."""
+    if not ti_ids:
+        return []
+    stmt = select(TI.c.id, TI.c.status).where(id_in(TI.c.id, ti_ids, dialect(session)))
+    return [(int(i), str(s)) for i, s in (await session.execute(stmt.order_by(TI.c.id))).all()]

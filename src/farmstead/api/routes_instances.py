@@ -1,0 +1,38 @@
+"""Task instances in bulk: the statuses an executor checks to stop cancelled commands."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from farmstead.api.deps import DatabaseDep
+from farmstead.schemas import DbId
+from farmstead.services import workflows
+
+router = APIRouter(tags=["task instances"])
+MAX_IDS = 10_000
+
+
+class StatusQuery(BaseModel):
+    """Which instances to look up."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    task_instance_ids: Annotated[list[DbId], Field(max_length=MAX_IDS)]
+
+
+class InstanceStatus(BaseModel):
+    task_instance_id: int
+    status: str
+
+
+class InstanceStatusesOut(BaseModel):
+    data: list[InstanceStatus]
+
+
+@router.post("/task_instances/status", response_model=InstanceStatusesOut)
+async def instance_statuses(db: DatabaseDep, body: StatusQuery) -> Any:
+    """The current status of up to 10,000 instances in one request (unknown ids left out).
+
+    The local executor asks this about its running instances every half second and stops a
+    command whose instance was cancelled (KILL_SELF) or settled elsewhere."""
+    return {"data": await workflows.instance_statuses(db, body.task_instance_ids)}

@@ -1,0 +1,178 @@
+"""The CLI's HTTP calls to a farmstead server: exit codes, retries, and readable errors.
+
+Exit codes, the same in every command:
+
+- 0: success (for `status`: the workflow is DONE, or still running without `--watch`);
+- 1: the answer is no: the workflow FAILED or was CANCELLED, or the server refused (4xx);
+- 2: no answer: a usage error, an unknown id (404), the server unreachable, failing (5xx)
+  or not a farmstead server.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from farmstead.cli.common import err
+from farmstead.client.api import is_transient, transient_status
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_UNKNOWN = 2
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Ids are positive 64-bit integers: anything else is a usage error, found before asking.
+MAX_ID = 2**63 - 1
+#: Locations FastAPI puts before a field's path in its validation errors.
+_LOC_ROOTS = {"body", "query", "path", "header", "cookie"}
+
+
+def fail_lines(lines: list[str], code: int, hint: str | None = None) -> NoReturn:
+    """Print one `error:` line per problem (and a hint) to stderr and exit with `code`."""
+    for line in lines or ["unknown error"]:
+        err.print("[bold red]error:[/] ", end="")
+        err.print(" ".join(str(line).split("\n")), markup=False)
+    if hint:
+        err.print(f"hint: {hint}", markup=False, style="dim")
+    sys.exit(code)
+
+
+def usage(message: str) -> NoReturn:
+    """A usage error found before asking the server: exit 2."""
+    fail_lines([message], EXIT_UNKNOWN)
+
+
+def finite(value: float | None) -> float | None:
+    """A number option must be a number: `nan` and `inf` are usage errors."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def field_path(loc: list[Any]) -> str:
+    """FastAPI's `["body", "tasks", 0, "command"]` as `tasks[0].command`."""
+    parts = list(loc)
+    if parts and parts[0] in _LOC_ROOTS and len(parts) > 1:
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def problems(body: Any) -> list[str] | None:
+    """The problems a farmstead error body names, one line each; None if it is not one.
+
+    Understands the one error shape (`error`, `detail`, `errors: [{field, message}]`) and the
+    older FastAPI shapes (`detail` a string, or a list of `{loc, msg}`).
+    """
+    if not isinstance(body, dict) or "detail" not in body:
+        return None
+    errors, detail = body.get("errors"), body["detail"]
+    if isinstance(errors, list) and errors:
+        lines = []
+        for e in errors:
+            if isinstance(e, dict):
+                field, message = e.get("field"), e.get("message", e.get("msg", ""))
+                lines.append(f"{field}: {message}" if field else str(message))
+        if lines:
+            return lines
+    if isinstance(detail, str):
+        return [detail]
+    if isinstance(detail, list):
+        return [
+            f"{field_path(d.get('loc', []))}: {d.get('msg', '')}"
+            if d.get("loc")
+            else str(d.get("msg", d))
+            for d in detail
+            if isinstance(d, dict)
+        ] or None
+    return None
+
+
+def _not_farmstead(url: str, resp: httpx.Response) -> NoReturn:
+    kind = resp.headers.get("content-type", "no content type").split(";")[0]
+    fail_lines(
+        [f"{url} did not answer like a farmstead server (HTTP {resp.status_code}, {kind})"],
+        EXIT_UNKNOWN,
+    )
+
+
+@dataclass
+class Server:
+    """A farmstead server as the CLI sees it: `get`/`post` return the JSON answer or exit."""
+
+    url: str
+    #: How long to retry when the server is unreachable or answers 5xx (0: fail at once).
+    patience: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET `path` with query `params` (None values left out)."""
+        return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None, **params: Any) -> Any:
+        """POST `body` as JSON to `path`."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.call("POST", path, json=body, params=clean)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        """One request; transient failures retried for `patience` seconds; errors exit."""
+        target = f"{self.url}{path}"
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.5, max=10),
+            stop=stop_after_delay(self.patience),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    resp = httpx.request(
+                        method, target, timeout=httpx.Timeout(600, connect=10), **kw
+                    )
+                    if transient_status(resp.status_code):
+                        resp.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            resp = exc.response
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            fail_lines(
+                [f"cannot reach {self.url}: {exc or type(exc).__name__}"],
+                EXIT_UNKNOWN,
+                hint="is `farmstead serve` running there? (--server-url or FARMSTEAD_SERVER_URL)",
+            )
+        try:
+            body = resp.json()
+        except ValueError:
+            _not_farmstead(self.url, resp)
+        if resp.status_code < 400:
+            return body
+        lines = problems(body)
+        if lines is None:
+            _not_farmstead(self.url, resp)
+        if resp.status_code >= 500:
+            fail_lines(
+                [f"the server failed (HTTP {resp.status_code}): {lines[0]}", *lines[1:]],
+                EXIT_UNKNOWN,
+            )
+        fail_lines(lines, EXIT_UNKNOWN if resp.status_code == 404 else EXIT_NO)
+
+    def expect(self, body: Any, *keys: str) -> dict[str, Any]:
+        """`body` if it is an object with `keys`; else exit: the server is not farmstead."""
+        if not isinstance(body, dict) or any(k not in body for k in keys):
+            fail_lines([f"{self.url} did not answer like a farmstead server"], EXIT_UNKNOWN)
+        return body
+
+
+ServerUrl = Annotated[
+    str, typer.Option("--server-url", envvar="FARMSTEAD_SERVER_URL", help="the farmstead server")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of tables")]
+WorkflowId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="workflow id")]
+TaskId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="task id")]

@@ -1,0 +1,99 @@
+"""`farmstead submit`: one task, or an array of tasks over a range of indices."""
+
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from farmstead.cli.common import err
+from farmstead.cli.http import DEFAULT_URL, AsJson, Server, ServerUrl, finite, usage
+from farmstead.cli.views import print_json
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def shell_command(words: list[str]) -> str:
+    """The shell command the tasks run.
+
+    One word is a shell command as it is (`'echo a | wc -c'`). Several words are an argv: they
+    are shell-quoted and joined, so the shell splits them back into exactly those words.
+    `{i}` stays inside its word: a quoted word keeps its quotes around the index (a number).
+    """
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """`0-999` → (0, 999); `5` → (5, 5). Indices are whole numbers from 0; else a usage error."""
+    m = _RANGE.fullmatch(text.strip())
+    if not m:
+        usage(
+            f"--array {text!r}: give FIRST-LAST (e.g. 0-999) or one index (e.g. 5); "
+            "indices are whole numbers from 0"
+        )
+    first = int(m[1])
+    last = int(m[2]) if m[2] is not None else first
+    if last < first:
+        usage(f"--array {text!r}: LAST ({last}) is below FIRST ({first})")
+    return first, last
+
+
+def submit(
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            help="after --: one shell command, or several words run as that argv; "
+            "{i} is the array index"
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="workflow name")] = "workflow",
+    array: Annotated[
+        str | None, typer.Option(help="index range FIRST-LAST (e.g. 0-999) or one index")
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="tries per task")] = None,
+    memory: Annotated[
+        float | None, typer.Option(callback=finite, help="memory limit per task, GB")
+    ] = None,
+    runtime: Annotated[
+        float | None, typer.Option(callback=finite, help="runtime limit per task, seconds")
+    ] = None,
+    log_dir: Annotated[
+        str | None, typer.Option(help="directory for stdout/stderr files (relative: to here)")
+    ] = None,
+    retry_delay: Annotated[
+        float, typer.Option(callback=finite, help="seconds before a retry")
+    ] = 0.0,
+    as_json: AsJson = False,
+    server_url: ServerUrl = DEFAULT_URL,
+) -> None:
+    """Submit a workflow: one task, or an array over --array (with {i} in the command).
+
+    Prints the new workflow's id on stdout.
+    """
+    cmd = shell_command(command)
+    resources: dict[str, Any] = {}
+    if memory is not None:
+        resources["memory"] = memory
+    if runtime is not None:
+        resources["runtime"] = runtime
+    if log_dir is not None:
+        resources["stdout"] = resources["stderr"] = str(Path(log_dir).expanduser().resolve())
+    body: dict[str, Any] = {
+        "name": name,
+        "retry_delay": retry_delay,
+        "resources": resources or None,
+        "max_attempts": max_attempts,
+    }
+    if array is not None:
+        first, last = parse_array(array)
+        body["array"] = {"command": cmd, "first": first, "last": last, "name": f"{name}_{{i}}"}
+    else:
+        body["tasks"] = [{"name": name, "command": cmd}]
+    server = Server(server_url)
+    out = server.expect(server.post("/v3/workflows", body), "id", "total")
+    if as_json:
+        print_json(out)
+        return
+    typer.echo(out["id"])
+    err.print(f"workflow {out['id']} submitted: {out['total']} tasks")
