@@ -518,7 +518,6 @@ async def test_every_request_value_is_bounded_in_the_openapi(client: httpx.Async
     assert not found, json.dumps(found, indent=1)
 
 
-@pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated:DeprecationWarning")
 async def test_the_client_reads_the_error_body(client: httpx.AsyncClient) -> None:
     api = Api("http://farmstead", client=client)
     with pytest.raises(ClientError) as caught:

@@ -127,7 +127,7 @@ class Server:
         target = f"{self.url}{path}"
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.5, max=10),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10),
             stop=stop_after_delay(self.patience),
             reraise=True,
         )

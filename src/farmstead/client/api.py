@@ -67,7 +67,7 @@ class Api:
         limit = self.retry_limit if retry_limit is None else retry_limit
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
+            wait=wait_exponential_jitter(multiplier=0.2, max=15, jitter=0.5),
             stop=stop_after_delay(limit),
             reraise=True,
             before_sleep=lambda rs: log.warning(

@@ -33,6 +33,10 @@ log = logging.getLogger("farmstead.executor")
 Mode = Literal["coroutine", "subprocess"]
 #: statuses in which a started command must stop: cancelled, or already settled elsewhere
 STOP_IN = frozenset("KDEUZWFX")
+#: a settled status is also what the command's own final report leaves, just before its runner
+#: or worker ends: only KILL_SELF stops a command at first sight; a settled one must be seen
+#: on two status checks in a row (so a worker that has just reported is left to exit)
+STOP_AT_ONCE = frozenset("K")
 SHUTDOWN = "server shutting down"
 
 
@@ -72,6 +76,7 @@ class LocalExecutor:
         self.workers: dict[int, asyncio.subprocess.Process] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._told: set[int] = set()  # workers already sent SIGTERM
+        self._settled: set[int] = set()  # seen settled at the last status check
         if key:
             self.config.env = {**self.config.env, KEY_ENV: key}
 
@@ -144,8 +149,12 @@ class LocalExecutor:
         except (ServerUnavailable, ClientError) as exc:
             log.debug("status check failed: %s", exc)
             return
+        settled_before, self._settled = self._settled, set()
         for ti_id, status in statuses.items():
             if status not in STOP_IN:
+                continue
+            if status not in STOP_AT_ONCE and ti_id not in settled_before:
+                self._settled.add(ti_id)
                 continue
             log.warning("task instance %s is %s: stopping its command", ti_id, status)
             if ti_id in runner.commands:
