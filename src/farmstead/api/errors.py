@@ -143,19 +143,12 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=code, headers=exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error for %s %s", request.method, request.url.path)
-    return JSONResponse(
-        error_body("InternalError", "internal error; the server log has the details"),
-        status_code=500,
-        headers={"Connection": "close"},
-    )
-
-
 def install(app: FastAPI) -> None:
-    """Register the handlers, and document the error answers on every route included after."""
+    """Register the handlers, and document the error answers on every route included after.
+
+    An unexpected error is answered by the request guard (`api/middleware.py`), which can also
+    end the connection cleanly."""
     app.router.responses = {**RESPONSES, **app.router.responses}
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(FarmsteadError, _domain)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
