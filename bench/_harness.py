@@ -173,6 +173,17 @@ def _used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
+def _born_since(pids: list[int], known: dict[int, float], since: float) -> list[int]:
+    """`pids` minus those missing from `known` that are older than `since`: a process that
+    was already running but not listed at the start (its whole CPU would count) is left out."""
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if pid in known or psutil.Process(pid).create_time() >= since - 1.0:
+                out.append(pid)
+    return out
+
+
 def _postgres_pids(database: str) -> list[int]:
     """PostgreSQL's own processes and the backends serving `database`, not other databases."""
     pids = []
@@ -250,6 +261,7 @@ class CpuMeter:
         self.t0 = time.perf_counter()
         self.srv0 = _cpu_of(self.server.pids())
         self.pg0 = _cpu_of(self.pg_pids)
+        self.born = time.time()
         self.reaped0 = _reaped(self.pg_pids)
         self.sessions0 = pg_sessions(self.database) if self.pg_pids else None
         self.me0 = time.process_time()
@@ -260,12 +272,12 @@ class CpuMeter:
         self.extra_client += cpu_seconds
 
     def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.t0
+        wall = self.wall = time.perf_counter() - self.t0
         pg = exited = 0.0
         self.sessions = None
         if self.pg_pids:
             now = list(set(self.pg_pids) | set(_postgres_pids(self.database)))
-            pg = _used(self.pg0, _cpu_of(now))
+            pg = _used(self.pg0, _cpu_of(_born_since(now, self.pg0, self.born)))
             exited = _reaped(now) - self.reaped0
             after = pg_sessions(self.database)
             if after is not None and self.sessions0 is not None:

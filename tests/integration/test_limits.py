@@ -20,10 +20,10 @@ from sqlalchemy import column, literal, select, table, text
 
 from farmstead.api.middleware import nesting_exceeds
 from farmstead.bounds import IDS_MAX
-from farmstead.db.engine import Database, make_database
+from farmstead.db.engine import Conn, Database, make_database
 from farmstead.services import nodes
 from farmstead.services.errors import BadRequest, Conflict, NotFound, Unavailable
-from farmstead.services.uow import unit_of_work
+from farmstead.services.uow import in_transaction
 from helpers import wait_for
 
 MiB = 1024 * 1024
@@ -255,8 +255,7 @@ WORKFLOW = table("workflow", column("id"), column("name"), column("retry_delay")
 
 async def _raises(db: Database, statement: Any, params: Any = None) -> Exception:
     try:
-        async with unit_of_work(db) as session:
-            await session.execute(statement, params)
+        await in_transaction(db, lambda conn: conn.execute(statement, params))
     except Exception as exc:
         return exc
     raise AssertionError(f"no error from {statement}")
@@ -282,8 +281,8 @@ async def test_deterministic_database_errors_are_4xx_never_503(db: Database, bac
                 text("SELECT 1 WHERE 1 IN (" + ",".join(f":p{i}" for i in range(40_000)) + ")"),
                 {f"p{i}": i for i in range(40_000)}, BadRequest),
         }
-    async with unit_of_work(db) as session:
-        await session.execute(WORKFLOW.insert().values(id=1, name="first", **new))
+    first = WORKFLOW.insert().values(id=1, name="first", **new)
+    await in_transaction(db, lambda c: c.execute(first))
     found = {name: await _raises(db, stmt, params) for name, (stmt, params, _) in cases.items()}
     wrong = {n: repr(e)[:200] for n, e in found.items() if type(e) is not cases[n][2]}
     assert not wrong, wrong
@@ -295,13 +294,16 @@ async def test_deterministic_database_errors_are_4xx_never_503(db: Database, bac
 
 async def test_a_busy_database_is_503(db_url: str, db: Database, backend: str) -> None:
     new = {"name": "w", "retry_delay": 0.0, "created_date": text("CURRENT_TIMESTAMP")}
-    async with unit_of_work(db) as session:
-        await session.execute(WORKFLOW.insert().values(id=1, **new))
+    await in_transaction(db, lambda c: c.execute(WORKFLOW.insert().values(id=1, **new)))
     impatient = make_database(db_url, lock_timeout=0.2)
+
+    async def hold(holder: Conn) -> Exception:
+        # the row (SQLite: the database) stays locked while the impatient one tries
+        await holder.execute(text("UPDATE workflow SET name = 'held' WHERE id = 1"))
+        return await _raises(impatient, text("UPDATE workflow SET name = 'x' WHERE id = 1"))
+
     try:
-        async with unit_of_work(db) as holder:
-            await holder.execute(text("UPDATE workflow SET name = 'held' WHERE id = 1"))
-            error = await _raises(impatient, text("UPDATE workflow SET name = 'x' WHERE id = 1"))
-            assert isinstance(error, Unavailable), repr(error)
+        error = await in_transaction(db, hold)
+        assert isinstance(error, Unavailable), repr(error)
     finally:
         await impatient.dispose()

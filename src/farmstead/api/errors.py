@@ -113,18 +113,27 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(validation_body(items), status_code=422)
 
 
-async def _domain(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, FarmsteadError)
+def domain_answer(
+    exc: FarmsteadError, method: str, path: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, body and headers that answer a domain error (the database's own words,
+    when it gave any, go to the log only)."""
     code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
     details = dict(exc.details)
-    internal = details.pop("error_detail", None)  # the database's own words: for the log only
+    internal = details.pop("error_detail", None)
     if internal is not None:
-        log.warning("%s for %s %s: %s", code, request.method, request.url.path, internal)
+        log.warning("%s for %s %s: %s", code, method, path, internal)
     body = error_body(type(exc).__name__, exc.message, **details)
     if code == 422:
         body["errors"] = [{"field": str(details.get("field", "body")), "message": body["detail"]}]
-    return JSONResponse(body, status_code=code, headers=headers)
+    return code, body, headers
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FarmsteadError)
+    code, body, headers = domain_answer(exc, request.method, request.url.path)
+    return JSONResponse(body, status_code=code, headers=headers or None)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,8 @@ request with one is read once (the app would read it whole anyway), checked, and
 - a JSON body nested deeper than `max_json_depth` is answered 422 before anything parses it
   (Python's parser recursing 100,000 levels deep is never reached);
 - an unexpected error is answered with the error body and `Connection: close`, so a keep-alive
-  client is told the connection ends instead of finding it dropped.
+  client is told the connection ends instead of finding it dropped;
+- the worker-node calls every running task makes take the fast path (api/fastpath.py).
 
 Every answer has farmstead's one error shape: {"error": ..., "detail": ...}.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from farmstead.api import fastpath
 from farmstead.api.errors import error_body, validation_body
 
 log = logging.getLogger("farmstead.api")
@@ -82,6 +84,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         length, streamed, json_body = _framing(scope["headers"])
+        body = b""
         if streamed or length:
             if length is not None and length > self.max_body_bytes:
                 await self._too_large(send)
@@ -99,9 +102,9 @@ class RequestGuard:
                 await send_error(send, 422, validation_body([problem]))
                 return
             receive = _replay(body, receive)
-        await self._call(scope, receive, send)
+        await self._call(scope, receive, send, body)
 
-    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _call(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -111,13 +114,14 @@ class RequestGuard:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            if not await fastpath.handle(scope, body, tracking_send):
+                await self.app(scope, receive, tracking_send)
         except Exception:
             if started:  # too late for an answer: the server drops the connection
                 raise
             log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
-            body = error_body("InternalError", "internal error; the server log has the details")
-            await send_error(send, 500, body, close=True)
+            error = error_body("InternalError", "internal error; the server log has the details")
+            await send_error(send, 500, error, close=True)
 
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

@@ -3,7 +3,18 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from farmstead.db.types import BigId, JSONType, UTCDateTime
@@ -41,6 +52,8 @@ class Array(Base):
     """A group of tasks launched together; its instances are addressed by (batch, step)."""
 
     __tablename__ = "array"
+    #: the target of a task's (array_id, workflow_id) foreign key
+    __table_args__ = (UniqueConstraint("id", "workflow_id"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     workflow_id: Mapped[int] = mapped_column(ForeignKey("workflow.id"), index=True)
     name: Mapped[str] = mapped_column(String(255))
@@ -54,10 +67,19 @@ class Task(Base):
     """The unit of work, tried by one or more task instances."""
 
     __tablename__ = "task"
-    __table_args__ = (Index("ix_task_workflow_id_status", "workflow_id", "status"),)
+    __table_args__ = (
+        Index("ix_task_workflow_id_status", "workflow_id", "status"),
+        # one check per inserted task: its array exists and is in the task's workflow (which
+        # therefore exists too, by the array's own foreign key)
+        ForeignKeyConstraint(
+            ["array_id", "workflow_id"],
+            ["array.id", "array.workflow_id"],
+            name="fk_task_array_id_array",
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflow.id"))
-    array_id: Mapped[int] = mapped_column(ForeignKey("array.id"), index=True)
+    workflow_id: Mapped[int] = mapped_column(BigId)
+    array_id: Mapped[int] = mapped_column(BigId, index=True)
     name: Mapped[str] = mapped_column(String(255))
     command: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(1))
@@ -85,7 +107,6 @@ class TaskInstance(Base):
     __table_args__ = (
         Index("ix_task_instance_status_report_by_date", "status", "report_by_date"),
         Index("ix_task_instance_status_status_date", "status", "status_date"),
-        Index("ix_task_instance_workflow_id_status", "workflow_id", "status"),
         Index(
             "uq_task_instance_array_batch_step",
             "array_id",
@@ -110,6 +131,8 @@ class TaskInstance(Base):
     array_step_id: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(1))
     status_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: a copy of the task's priority (set at submission, never changed): the claim order
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     submitted_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     report_by_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: when the instance last reported (running, heartbeat): named when it expires
@@ -128,6 +151,24 @@ class TaskInstance(Base):
     stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
     stdout_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     stderr_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# a workflow's instances by status; its QUEUED ones in claim order
+Index(
+    "ix_task_instance_workflow_id_status_priority_id",
+    TaskInstance.workflow_id,
+    TaskInstance.status,
+    TaskInstance.priority.desc(),
+    TaskInstance.id,
+)
+# every QUEUED instance in claim order: a claim reads the first `limit` entries
+Index(
+    "ix_task_instance_queued_priority_id",
+    TaskInstance.priority.desc(),
+    TaskInstance.id,
+    sqlite_where=text("status = 'Q'"),
+    postgresql_where=text("status = 'Q'"),
+)
 
 
 class TaskInstanceErrorLog(Base):

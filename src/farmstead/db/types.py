@@ -85,3 +85,10 @@ def seconds_from_now(seconds: float | ColumnElement[Any]) -> db_after:
     """The database's clock `seconds` from now."""
     arg = seconds if isinstance(seconds, ColumnElement) else literal(float(seconds))
     return db_after(arg)
+
+
+def after_seconds(expr: db_after) -> float | None:
+    """The seconds of a `seconds_from_now(float)`; None when they are an SQL expression."""
+    clauses = list(expr.clauses)
+    value = getattr(clauses[0], "value", None) if len(clauses) == 1 else None
+    return float(value) if isinstance(value, int | float) else None

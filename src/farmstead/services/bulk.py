@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from farmstead.db.engine import Conn
 from farmstead.db.types import db_now, seconds_from_now
 from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide, retry_resources
 from farmstead.store import bulk as store
@@ -47,7 +46,7 @@ class BulkResult:
 
 
 async def apply_bulk(
-    session: AsyncSession,
+    conn: Conn,
     candidates: Sequence[Candidate],
     requested: TIStatus,
     *,
@@ -80,7 +79,7 @@ async def apply_bulk(
         if report_increment is not None and move.ti_to in (TIStatus.LAUNCHED, TIStatus.RUNNING):
             values["report_by_date"] = seconds_from_now(report_increment)
             values["last_report_date"] = db_now()
-        await store.set_instances(session, ids, move.ti_to.value, values)
+        await store.set_instances(conn, ids, move.ti_to.value, values)
         note = {**info, "requested": requested.value} if requested != move.ti_to else info
         why = {c.ti_id: (errors or {}).get(c.ti_id) or error for c in members}
         for c in members:
@@ -96,21 +95,21 @@ async def apply_bulk(
                 )
             )
         if move.ti_to.value in ERROR_LOGGED:
-            await store.add_error_logs(session, {i: t for i, t in why.items() if t})
+            await store.add_error_logs(conn, {i: t for i, t in why.items() if t})
         if move.task_path:
-            await _move_tasks(session, move, members, why, events)
+            await _move_tasks(conn, move, members, why, events)
         if move.retry:
             retries += [(c, move.adjust) for c in members]
         result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)
         result.ids += ids
     if retries:  # after every group: the array rows are locked last, in id order
-        result.retried += await _queue_retries(session, retries, events)
-    await insert_events(session, events)
+        result.retried += await _queue_retries(conn, retries, events)
+    await insert_events(conn, events)
     return result
 
 
 async def _move_tasks(
-    session: AsyncSession,
+    conn: Conn,
     move: Apply,
     members: Sequence[Candidate],
     why: dict[int, str | None],
@@ -124,10 +123,13 @@ async def _move_tasks(
     if move.task_to == TaskStatus.DONE:
         values["progress"] = 100.0
     errors = {c.task_id: text[:10_000] for c in members if (text := why.get(c.ti_id))}
-    if errors:
+    texts = set(errors.values())
+    if len(texts) == 1 and len(errors) == len(members):  # one text for all: a plain value
+        values["last_error"] = texts.pop()
+    elif errors:
         values["last_error"] = store.per_task(errors)
     await store.set_tasks(
-        session, [c.task_id for c in members], move.task_to.value, values, bump_attempts=move.retry
+        conn, [c.task_id for c in members], move.task_to.value, values, bump_attempts=move.retry
     )
     for c in members:
         prev = move.task_from
@@ -137,7 +139,7 @@ async def _move_tasks(
 
 
 async def _queue_retries(
-    session: AsyncSession, members: Sequence[tuple[Candidate, bool]], events: list[EventRow]
+    conn: Conn, members: Sequence[tuple[Candidate, bool]], events: list[EventRow]
 ) -> list[int]:
     """A new QUEUED instance for each member's task, each array's retries in new batches.
 
@@ -149,7 +151,7 @@ async def _queue_retries(
     for c, adjust in members:
         by_array[c.array_id].append((c, adjust))
     for array_id, cands in sorted(by_array.items()):
-        first = await store.next_batches(session, array_id, len(cands))
+        first = await store.next_batches(conn, array_id, len(cands))
         by_delay: dict[float, list[dict[str, Any]]] = defaultdict(list)
         for offset, (c, adjust) in enumerate(cands):
             res = retry_resources(c.resources, c.resource_scales) if adjust else c.resources
@@ -167,10 +169,10 @@ async def _queue_retries(
             if delay > 0:
                 for row in rows:
                     row["available_date"] = None
-                ids = await store.insert_queued(session, rows)
-                await store.hold_until(session, ids, seconds_from_now(delay))
+                ids = await store.insert_queued(conn, rows)
+                await store.hold_until(conn, ids, seconds_from_now(delay))
             else:
-                ids = await store.insert_queued(session, rows)
+                ids = await store.insert_queued(conn, rows)
             new_ids += ids
             events += [
                 EventRow(

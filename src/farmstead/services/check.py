@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from farmstead.db.engine import Database
-from farmstead.services.uow import unit_of_work
+from farmstead.db.engine import Conn, Database
+from farmstead.services.uow import in_transaction
 from farmstead.store.check import CHECKS, run_check
 
 
@@ -19,9 +19,12 @@ class Finding:
 
 async def check(db: Database) -> list[Finding]:
     """Run every invariant query in one read transaction."""
-    findings = []
-    async with unit_of_work(db, write=False) as session:
+
+    async def work(conn: Conn) -> list[Finding]:
+        findings = []
         for name, (meaning, _sql) in CHECKS.items():
-            count, sample = await run_check(session, name)
+            count, sample = await run_check(conn, name)
             findings.append(Finding(name, meaning, count, sample))
-    return findings
+        return findings
+
+    return await in_transaction(db, work, write=False)

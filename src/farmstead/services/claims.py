@@ -2,23 +2,24 @@
 
 from typing import Any
 
-from farmstead.db.engine import Database
+from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TIStatus
 from farmstead.services.bulk import apply_bulk
-from farmstead.services.uow import unit_of_work
+from farmstead.services.uow import in_transaction
 from farmstead.store import bulk as store
 from farmstead.store import workflows as wf_store
+from farmstead.store.bulk import Candidate
 
 
 async def claim(db: Database, limit: int, workflow_id: int | None) -> list[dict[str, Any]]:
     """Up to `limit` available QUEUED instances → INSTANTIATED, highest priority first."""
-    async with unit_of_work(db) as session:
-        where = store.available_queued(None, session)
-        if workflow_id is not None:
-            where = where & store.of_workflow(workflow_id, ["Q"])
-        cands = await store.lock_candidates(session, where, limit=limit, by_priority=True)
-        moved = await apply_bulk(session, cands, TIStatus.INSTANTIATED, details={"by": "claim"})
-        rows = await wf_store.batch_keys(session, moved.ids)
+
+    async def work(conn: Conn) -> tuple[list[Candidate], list[Any]]:
+        cands = await store.claim_candidates(conn, workflow_id, limit)
+        moved = await apply_bulk(conn, cands, TIStatus.INSTANTIATED, details={"by": "claim"})
+        return cands, await wf_store.batch_keys(conn, moved.ids)
+
+    cands, rows = await in_transaction(db, work)
     by_id = {c.ti_id: c for c in cands}
     return [
         {

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from farmstead.db.engine import Database
+from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TIStatus
 from farmstead.services.bulk import BulkResult, apply_bulk
-from farmstead.services.uow import unit_of_work
+from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
 from farmstead.store import bulk as store
 from farmstead.store.bulk import Candidate
@@ -114,9 +114,10 @@ class Reconciler:
 
     async def _chunk(self, rule: Rule) -> BulkResult:
         settings = self.settings
-        async with unit_of_work(self.db) as session:
+
+        async def work(conn: Conn) -> BulkResult:
             cands = await store.lock_candidates(
-                session, rule.where(settings), limit=settings.reconciler_chunk
+                conn, rule.where(settings), limit=settings.reconciler_chunk
             )
             if not cands:
                 return BulkResult()
@@ -124,7 +125,7 @@ class Reconciler:
                 None if rule.error is None else {c.ti_id: rule.error(c, settings) for c in cands}
             )
             result = await apply_bulk(
-                session,
+                conn,
                 cands,
                 rule.to,
                 errors=errors,
@@ -135,7 +136,7 @@ class Reconciler:
                 nxt = [replace(c, ti_status=rule.to.value) for c in cands if c.ti_id in moved]
                 result.add(
                     await apply_bulk(
-                        session,
+                        conn,
                         nxt,
                         rule.then,
                         errors=errors,
@@ -143,3 +144,5 @@ class Reconciler:
                     )
                 )
             return result
+
+        return await in_transaction(self.db, work)

@@ -3,13 +3,11 @@
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from farmstead.db.engine import Database
+from farmstead.db.engine import Conn, Database
 from farmstead.fsm import Invalid, Same, TaskStatus, TIStatus, Untimely, decide
 from farmstead.services.bulk import apply_bulk
 from farmstead.services.errors import InvalidTransition, NotFound
-from farmstead.services.uow import unit_of_work
+from farmstead.services.uow import in_transaction
 from farmstead.store import instances as store
 from farmstead.store.bulk import Candidate
 from farmstead.store.rows import TaskRow
@@ -43,9 +41,10 @@ async def transition(
     details: dict[str, Any] | None = None,
 ) -> Outcome:
     """Apply `requested` to instance `ti_id` in one transaction, or say why not."""
-    async with unit_of_work(db) as session:
+
+    async def work(conn: Conn) -> Outcome:
         return await transition_in(
-            session,
+            conn,
             ti_id,
             requested,
             fields=fields,
@@ -54,9 +53,11 @@ async def transition(
             details=details,
         )
 
+    return await in_transaction(db, work)
+
 
 async def transition_in(
-    session: AsyncSession,
+    conn: Conn,
     ti_id: int,
     requested: TIStatus,
     *,
@@ -70,10 +71,10 @@ async def transition_in(
     Locks the instance, then its task, then (for a retry) its array: the global lock order
     (store.locks), so it never deadlocks with another transition or a set-based move.
     """
-    ti = await store.lock_instance(session, ti_id)
-    if ti is None:
+    pair = await store.lock_pair(conn, ti_id)
+    if pair is None:
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
-    task = await store.lock_task(session, ti.task_id)
+    ti, task = pair
     decision = decide(
         TIStatus(ti.status),
         TaskStatus(task.status),
@@ -110,7 +111,7 @@ async def transition_in(
         None,
     )
     result = await apply_bulk(
-        session,
+        conn,
         [candidate],
         requested,
         fields=fields,

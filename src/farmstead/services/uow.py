@@ -1,4 +1,4 @@
-"""The unit of work: one session, one transaction, database trouble turned into domain errors.
+"""The unit of work: one transaction, database trouble turned into domain errors.
 
 Database errors are classified by type and code (PostgreSQL's SQLSTATE, SQLite's result code),
 never by the words of their message:
@@ -10,27 +10,27 @@ never by the words of their message:
 - anything else is a bug and propagates (500, logged).
 """
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from typing import TypeVar
 
 from asyncpg.exceptions import InterfaceError as PgClientError  # type: ignore[import-untyped]
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from farmstead.db.engine import Database
+from farmstead.db.engine import Database, Work
 from farmstead.services.errors import BadRequest, Conflict, FarmsteadError, Unavailable
 
+T = TypeVar("T")
 
-@asynccontextmanager
-async def unit_of_work(db: Database, *, write: bool = True) -> AsyncIterator[AsyncSession]:
-    """A session in a transaction, committed on success, rolled back on any error."""
-    factory = db.write if write else db.read
-    lock = db.write_lock if write and db.write_lock is not None else contextlib.nullcontext()
+
+async def in_transaction(
+    db: Database, work: Work[T], *, write: bool = True, single: bool = False
+) -> T:
+    """Run `work(conn)` in one transaction (committed on success, rolled back on any error);
+    database failures come out as domain errors. `single`: `work` runs one prepared statement,
+    atomic on its own, with no transaction around it."""
     try:
-        async with lock, factory() as session, session.begin():
-            yield session
+        return await db.run(work, write=write, single=single)
     except FarmsteadError:
         raise
     except Exception as exc:

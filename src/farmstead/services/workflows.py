@@ -3,11 +3,11 @@
 from collections.abc import Collection
 from typing import Any
 
-from farmstead.db.engine import Database
+from farmstead.db.engine import Conn, Database
 from farmstead.fsm import workflow_status
 from farmstead.schemas import WorkflowCreate
 from farmstead.services.errors import BadRequest, NotFound
-from farmstead.services.uow import unit_of_work
+from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
 from farmstead.store import workflows as store
 
@@ -28,35 +28,43 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
         "resources": req.resources,
         "resource_scales": req.resource_scales,
     }
-    async with unit_of_work(db) as session:
-        wf_id = await store.create_workflow(session, req.name, req.retry_delay)
+
+    async def work(conn: Conn) -> dict[str, Any]:
+        wf_id = await store.create_workflow(conn, req.name, req.retry_delay)
         array_name = req.array.name if req.array else req.name
         array_id = await store.create_array(
-            session, wf_id, array_name, batches, req.max_concurrently_running
+            conn, wf_id, array_name, batches, req.max_concurrently_running
         )
         if req.array is not None:
             spec = {**defaults, "name": req.array.name, "command": req.array.command}
-            await store.insert_range_tasks(
-                session, wf_id, array_id, req.array.first, req.array.last, spec
+            created = await store.insert_range(
+                conn, wf_id, array_id, req.array.first, req.array.last, spec, batch_size
             )
         else:
             tasks = [{**defaults, **t.model_dump(exclude_none=True)} for t in (req.tasks or [])]
-            await store.insert_listed_tasks(session, wf_id, array_id, tasks)
-        created = await store.insert_first_instances(session, array_id, batch_size)
+            await store.insert_listed_tasks(conn, wf_id, array_id, tasks)
+            created = await store.insert_first_instances(conn, array_id, batch_size)
         await store.record_event(
-            session, wf_id, "R", {"submitted_tasks": created, "array_id": array_id}
+            conn, wf_id, "R", {"submitted_tasks": created, "array_id": array_id}
         )
-    return await read(db, wf_id)  # array_ids included, as every read has them
+        row = await store.workflow_row(conn, wf_id)  # array_ids included, as every read has
+        assert row is not None
+        # every task it just made is QUEUED: no need to count them back
+        return _summary(row, {"Q": created})
+
+    return await in_transaction(db, work)
 
 
 async def read(db: Database, workflow_id: int) -> dict[str, Any]:
     """A workflow with its task counts by status and percent done."""
-    async with unit_of_work(db, write=False) as session:
-        row = await store.workflow_row(session, workflow_id)
+
+    async def work(conn: Conn) -> dict[str, Any]:
+        row = await store.workflow_row(conn, workflow_id)
         if row is None:
             raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
-        counts = await store.task_counts(session, workflow_id)
-    return _summary(row, counts)
+        return _summary(row, await store.task_counts(conn, workflow_id))
+
+    return await in_transaction(db, work, write=False)
 
 
 def _summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
@@ -90,16 +98,17 @@ async def list_all(
     a status filter reads workflows in chunks, newest first, until the page is full: one query
     for the workflows and one grouped count query per chunk.
     """
-    async with unit_of_work(db, write=False) as session:
+
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         if not statuses:
-            rows = await store.list_workflows(session, limit, offset, name=name)
-            counts = await store.task_counts_of(session, [r["id"] for r in rows])
+            rows = await store.list_workflows(conn, limit, offset, name=name)
+            counts = await store.task_counts_of(conn, [r["id"] for r in rows])
             return [_summary(r, counts[r["id"]]) for r in rows]
         page: list[dict[str, Any]] = []
         skip, below = offset, None
         while len(page) < limit:
-            rows = await store.list_workflows(session, LIST_CHUNK, name=name, below_id=below)
-            counts = await store.task_counts_of(session, [r["id"] for r in rows])
+            rows = await store.list_workflows(conn, LIST_CHUNK, name=name, below_id=below)
+            counts = await store.task_counts_of(conn, [r["id"] for r in rows])
             for row in rows:
                 summary = _summary(row, counts[row["id"]])
                 if summary["status"] not in statuses:
@@ -113,6 +122,8 @@ async def list_all(
             below = rows[-1]["id"]
         return page
 
+    return await in_transaction(db, work, write=False)
+
 
 async def tasks(
     db: Database,
@@ -123,40 +134,47 @@ async def tasks(
     offset: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of a workflow's tasks."""
-    async with unit_of_work(db, write=False) as session:
-        if await store.workflow_row(session, workflow_id) is None:
+
+    async def work(conn: Conn) -> tuple[list[dict[str, Any]], int]:
+        if await store.workflow_row(conn, workflow_id) is None:
             raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
-        return await store.list_tasks(session, workflow_id, status, limit, after_id, offset)
+        return await store.list_tasks(conn, workflow_id, status, limit, after_id, offset)
+
+    return await in_transaction(db, work, write=False)
 
 
 async def task_detail(db: Database, task_id: int) -> dict[str, Any]:
     """A task with its instance history and error log."""
-    async with unit_of_work(db, write=False) as session:
-        task = await store.task_detail(session, task_id)
+
+    async def work(conn: Conn) -> dict[str, Any]:
+        task = await store.task_detail(conn, task_id)
         if task is None:
             raise NotFound(f"task {task_id} not found", task_id=task_id)
         ids = [i["id"] for i in task["instances"]]
-        task["error_log"] = await store.error_logs_of(session, ids)
-    return task
+        task["error_log"] = await store.error_logs_of(conn, ids)
+        return task
+
+    return await in_transaction(db, work, write=False)
 
 
 async def events(db: Database, workflow_id: int, after_id: int, limit: int) -> list[dict[str, Any]]:
     """A workflow's events, oldest first."""
-    async with unit_of_work(db, write=False) as session:
-        if await store.workflow_row(session, workflow_id) is None:
+
+    async def work(conn: Conn) -> list[dict[str, Any]]:
+        if await store.workflow_row(conn, workflow_id) is None:
             raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
-        return await store.events_of(session, workflow_id, after_id, limit)
+        return await store.events_of(conn, workflow_id, after_id, limit)
+
+    return await in_transaction(db, work, write=False)
 
 
 async def cluster(db: Database, name: str) -> list[Any] | None:
     """Jobmon's cluster row: [id, name, cluster_type_name, connection_parameters]."""
-    async with unit_of_work(db, write=False) as session:
-        row = await store.cluster(session, name)
+    row = await in_transaction(db, lambda c: store.cluster(c, name), write=False)
     return None if row is None else list(row)
 
 
 async def instance_statuses(db: Database, ti_ids: list[int]) -> list[dict[str, Any]]:
     """The current status of each of `ti_ids` that exists (an executor's cancel check)."""
-    async with unit_of_work(db, write=False) as session:
-        rows = await store.instance_statuses(session, ti_ids)
+    rows = await in_transaction(db, lambda c: store.instance_statuses(c, ti_ids), write=False)
     return [{"task_instance_id": i, "status": s} for i, s in rows]

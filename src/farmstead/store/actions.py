@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from farmstead.db.engine import Conn
 from farmstead.db.types import db_now
 from farmstead.fsm import LIVE_TI
 from farmstead.store.bulk import insert_queued, next_batches
@@ -26,9 +26,7 @@ class FailedTask:
     resources: dict[str, Any] | None
 
 
-async def lock_failed_tasks(
-    session: AsyncSession, workflow_id: int, limit: int
-) -> list[FailedTask]:
+async def lock_failed_tasks(conn: Conn, workflow_id: int, limit: int) -> list[FailedTask]:
     """ERROR_FATAL tasks of a workflow with no live instance left, locked in id order."""
     live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
     stmt = (
@@ -38,14 +36,14 @@ async def lock_failed_tasks(
         .limit(limit)
         .with_for_update()
     )
-    return [FailedTask(*r) for r in (await session.execute(stmt)).all()]
+    return [FailedTask(*r) for r in (await conn.execute(stmt)).all()]
 
 
-async def requeue_tasks(session: AsyncSession, ids: Sequence[int]) -> None:
+async def requeue_tasks(conn: Conn, ids: Sequence[int]) -> None:
     """Fresh tries: QUEUED, attempts counted from now, one more instance on the way."""
-    await session.execute(
+    await conn.execute(
         update(TASK)
-        .where(id_in(TASK.c.id, ids, dialect(session)))
+        .where(id_in(TASK.c.id, ids, dialect(conn)))
         .values(
             status="Q",
             status_date=db_now(),
@@ -57,16 +55,16 @@ async def requeue_tasks(session: AsyncSession, ids: Sequence[int]) -> None:
     )
 
 
-async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTask]) -> list[int]:
+async def queue_first_instances(conn: Conn, tasks: Sequence[FailedTask]) -> list[int]:
     """A new QUEUED instance per task, each in a new batch of its array (arrays locked by id)."""
     by_array: dict[int, list[FailedTask]] = {}
     for t in tasks:
         by_array.setdefault(t.array_id, []).append(t)
     ids: list[int] = []
     for array_id, members in sorted(by_array.items()):
-        first = await next_batches(session, array_id, len(members))
+        first = await next_batches(conn, array_id, len(members))
         ids += await insert_queued(
-            session,
+            conn,
             [
                 {
                     "task_id": t.id,
@@ -82,7 +80,7 @@ async def queue_first_instances(session: AsyncSession, tasks: Sequence[FailedTas
     return ids
 
 
-async def refresh_tries(session: AsyncSession, workflow_id: int) -> int:
+async def refresh_tries(conn: Conn, workflow_id: int) -> int:
     """Unfinished tasks with a live instance: their tries count again from that instance.
 
     The tasks are locked by id first (store.locks), as every other writer locks them.
@@ -94,8 +92,8 @@ async def refresh_tries(session: AsyncSession, workflow_id: int) -> int:
     )
     stmt = (
         update(TASK)
-        .where(in_lock_order(session, TASK.c.id, stale))
+        .where(in_lock_order(conn, TASK.c.id, stale))
         .values(attempts_base=TASK.c.num_attempts - 1)
         .execution_options(synchronize_session=False)
     )
-    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+    return int((await conn.execute(stmt)).rowcount)  # type: ignore[attr-defined]

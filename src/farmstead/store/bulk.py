@@ -5,12 +5,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
 
+from farmstead.db.engine import Conn
+from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now, seconds_from_now
 from farmstead.store.locks import in_lock_order, instances_by_id, lock_tasks
-from farmstead.store.sql import ARRAY, ERRLOG, TASK, TI, WORKFLOW, dialect, id_in, id_pairs
+from farmstead.store.sql import (
+    ARRAY,
+    ERRLOG,
+    PLUS_ONE,
+    TASK,
+    TI,
+    WORKFLOW,
+    dialect,
+    id_in,
+    id_pairs,
+    update_by_ids,
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,10 @@ def _candidates(
     if isinstance(where, Sweep):  # exactly the index's order, so the LIMIT can stop the scan
         where, order = where.where, [where.order]
     else:
-        order = [TASK.c.priority.desc()] if by_priority else []
+        # the instance's own copy of its task's priority: ix_task_instance_queued_priority_id
+        # (or, for one workflow, …_workflow_id_status_priority_id) yields this order, so the
+        # LIMIT stops the scan after `limit` rows whatever the number of QUEUED instances
+        order = [TI.c.priority.desc()] if by_priority else []
         order.append(TI.c.id)
     stmt = (
         select(
@@ -80,7 +106,7 @@ def _candidates(
 
 
 async def lock_candidates(
-    session: AsyncSession,
+    conn: Conn,
     where: ColumnElement[bool] | Sweep,
     limit: int | None = None,
     skip_locked: bool = True,
@@ -94,12 +120,12 @@ async def lock_candidates(
     global order (store.locks): the instances by id, then their tasks by id, two statements.
     """
     if skip_locked:
-        rows = (await session.execute(_candidates(where, limit, skip_locked, by_priority))).all()
+        rows = (await conn.execute(_candidates(where, limit, skip_locked, by_priority))).all()
         return [Candidate(*r) for r in rows]
     if isinstance(where, Sweep) or by_priority:
         raise ValueError("a locking read that waits must take its rows in id order")
-    found = (await session.execute(instances_by_id(where, limit))).all()
-    tasks = await lock_tasks(session, [r.task_id for r in found])
+    found = (await conn.execute(instances_by_id(where, limit))).all()
+    tasks = await lock_tasks(conn, [r.task_id for r in found])
     return [
         Candidate(
             ti_id=r.id,
@@ -121,18 +147,105 @@ async def lock_candidates(
     ]
 
 
-def by_ids(session: AsyncSession, ids: Sequence[int], statuses: Sequence[str]) -> Any:
-    """Instances among `ids` in one of `statuses`."""
-    return and_(id_in(TI.c.id, ids, dialect(session)), TI.c.status.in_(statuses))
+async def claim_candidates(conn: Conn, workflow_id: int | None, limit: int) -> list[Candidate]:
+    """Lock and read up to `limit` available QUEUED instances (of one workflow, or of any) in
+    claim order, skipping those another transaction holds: one statement.
+
+    An index yields them in claim order (`ix_task_instance_queued_priority_id`, or for one
+    workflow `ix_task_instance_workflow_id_status_priority_id`), so the LIMIT stops the walk after
+    `limit` rows (plus any retries still held back), however many instances are QUEUED.
+    SQLite's planner would rather find every QUEUED row through another index and sort them,
+    unless told that `status = 'Q'` is not selective (`likely`, a no-op at run time).
+    """
+    queued: ColumnElement[bool] = _QUEUED
+    if workflow_id is None and dialect(conn) == "sqlite":
+        queued = func.likely(_QUEUED)
+    where = and_(queued, _hold_passed())
+    if workflow_id is not None:
+        where = and_(where, TI.c.workflow_id == workflow_id)
+    if dialect(conn) == "postgresql":
+        stmt = _claim_lateral(where, limit)
+    else:
+        stmt = _candidates(where, limit, True, True)
+    return [Candidate(*r) for r in (await conn.execute(stmt)).all()]
 
 
-def available_queued(ids: Sequence[int] | None, session: AsyncSession) -> Any:
-    """QUEUED instances whose retry delay (if any) has passed."""
-    cond = and_(
-        TI.c.status == "Q",
-        or_(TI.c.available_date.is_(None), TI.c.available_date <= db_now()),
+def _claim_lateral(where: ColumnElement[bool], limit: int) -> Any:
+    """PostgreSQL: the first `limit` instances in claim order (locked, skipping locked ones),
+    each joined to its task (locked, skipping) in a LATERAL subquery.
+
+    The same rows as `_candidates`, but no join the planner could make a merge join: costing
+    one probes the ends of the joined columns' indexes, which after a large rolled-back submit
+    (dead index entries at an end, until vacuum) took over 100 ms of planning per claim.
+    An instance whose task another transaction holds is left out (it stays QUEUED).
+    """
+    ti = (
+        select(
+            TI.c.id,
+            TI.c.status,
+            TI.c.task_id,
+            TI.c.workflow_id,
+            TI.c.array_id,
+            TI.c.resources,
+            TI.c.report_by_date,
+            TI.c.last_report_date,
+        )
+        .where(where)
+        .order_by(TI.c.priority.desc(), TI.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .subquery("ti")
     )
-    return cond if ids is None else and_(cond, id_in(TI.c.id, ids, dialect(session)))
+    task = (
+        select(
+            TASK.c.status,
+            (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
+            TASK.c.max_attempts,
+            TASK.c.resource_scales,
+            WORKFLOW.c.retry_delay,
+            WORKFLOW.c.cancelled_date.is_not(None).label("cancelled"),
+        )
+        .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
+        .where(TASK.c.id == ti.c.task_id)
+        .with_for_update(of=TASK, skip_locked=True)
+        .lateral("t")
+    )
+    return select(
+        ti.c.id,
+        ti.c.status,
+        ti.c.task_id,
+        task.c.status,
+        task.c.tries,
+        task.c.max_attempts,
+        ti.c.workflow_id,
+        ti.c.array_id,
+        ti.c.resources,
+        task.c.resource_scales,
+        task.c.retry_delay,
+        task.c.cancelled,
+        ti.c.report_by_date,
+        ti.c.last_report_date,
+    ).select_from(ti.join(task, true()))
+
+
+def by_ids(conn: Conn, ids: Sequence[int], statuses: Sequence[str]) -> Any:
+    """Instances among `ids` in one of `statuses`."""
+    return and_(id_in(TI.c.id, ids, dialect(conn)), TI.c.status.in_(statuses))
+
+
+#: `status = 'Q'` as a literal, not bound: a partial index on `status = 'Q'` is used only when
+#: the planner can see the query implies its condition (a generic plan cannot)
+_QUEUED = TI.c.status == literal_column("'Q'")
+
+
+def _hold_passed() -> ColumnElement[bool]:
+    return or_(TI.c.available_date.is_(None), TI.c.available_date <= db_now())
+
+
+def available_queued(ids: Sequence[int] | None, conn: Conn) -> Any:
+    """QUEUED instances whose retry delay (if any) has passed."""
+    cond = and_(_QUEUED, _hold_passed())
+    return cond if ids is None else and_(cond, id_in(TI.c.id, ids, dialect(conn)))
 
 
 def of_batch(array_id: int, batch: int, statuses: Sequence[str]) -> Any:
@@ -168,16 +281,10 @@ def in_status_for(status: str, seconds: float) -> Sweep:
 
 
 async def set_instances(
-    session: AsyncSession, ids: Sequence[int], status: str, values: dict[str, Any]
+    conn: Conn, ids: Sequence[int], status: str, values: dict[str, Any]
 ) -> None:
     """Move instances to `status` in one statement (rows the caller locked: no new lock)."""
-    stmt = (
-        update(TI)
-        .where(id_in(TI.c.id, ids, dialect(session)))
-        .values(status=status, status_date=db_now(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(stmt)
+    await update_by_ids(conn, TI, ids, {"status": status, "status_date": db_now(), **values})
 
 
 def per_task(values: dict[int, Any]) -> Any:
@@ -186,7 +293,7 @@ def per_task(values: dict[int, Any]) -> Any:
 
 
 async def set_tasks(
-    session: AsyncSession,
+    conn: Conn,
     ids: Sequence[int],
     status: str,
     values: dict[str, Any],
@@ -195,29 +302,32 @@ async def set_tasks(
     """Move tasks to `status` in one statement (rows the caller locked: no new lock)."""
     extra = dict(values)
     if bump_attempts:
-        extra["num_attempts"] = TASK.c.num_attempts + 1
-    stmt = (
-        update(TASK)
-        .where(id_in(TASK.c.id, ids, dialect(session)))
-        .values(status=status, status_date=db_now(), **extra)
-        .execution_options(synchronize_session=False)
+        extra["num_attempts"] = PLUS_ONE
+    await update_by_ids(conn, TASK, ids, {"status": status, "status_date": db_now(), **extra})
+
+
+def _insert_error_log() -> Any:
+    return ERRLOG.insert().values(
+        error_time=db_now(),
+        task_instance_id=bindparam("task_instance_id"),
+        description=bindparam("description"),
     )
-    await session.execute(stmt)
 
 
-async def add_error_logs(session: AsyncSession, descriptions: dict[int, str]) -> None:
+async def add_error_logs(conn: Conn, descriptions: dict[int, str]) -> None:
     """One error-log row per instance: {task_instance_id: description}."""
     if descriptions:
-        await session.execute(
-            ERRLOG.insert().values(error_time=db_now()),
+        prepared = prepare(dialect(conn), "insert_error_log", _insert_error_log)
+        await conn.run(
+            prepared,
             [{"task_instance_id": i, "description": d} for i, d in descriptions.items()],
         )
 
 
-async def next_batches(session: AsyncSession, array_id: int, count: int) -> int:
+async def next_batches(conn: Conn, array_id: int, count: int) -> int:
     """Reserve `count` new batch numbers of an array; returns the first."""
     last = (
-        await session.execute(
+        await conn.execute(
             update(ARRAY)
             .where(ARRAY.c.id == array_id)
             .values(last_batch_num=ARRAY.c.last_batch_num + count)
@@ -227,56 +337,58 @@ async def next_batches(session: AsyncSession, array_id: int, count: int) -> int:
     return int(last) - count + 1
 
 
-async def insert_queued(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert QUEUED instances (retries); returns their ids in order."""
+async def insert_queued(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert QUEUED instances (retries); returns their ids in order.
+
+    Each takes its task's priority (the claim order) in the same statement.
+    """
     if not rows:
         return []
-    result = await session.execute(
+    priority = select(TASK.c.priority).where(TASK.c.id == bindparam("of_task"))
+    result = await conn.execute(
         TI.insert()
-        .values(status="Q", status_date=db_now())
+        .values(status="Q", status_date=db_now(), priority=priority.scalar_subquery())
         .returning(TI.c.id, sort_by_parameter_order=True),
-        rows,
+        [{**r, "of_task": r["task_id"]} for r in rows],
     )
     return [int(r[0]) for r in result.all()]
 
 
-async def set_distributor_ids(session: AsyncSession, array_id: int, mapping: dict[int, str]) -> int:
+async def set_distributor_ids(conn: Conn, array_id: int, mapping: dict[int, str]) -> int:
     """Write the distributor ids of many instances of one array: one statement, any number."""
     if not mapping:
         return 0
-    pairs = id_pairs(mapping, dialect(session))
+    pairs = id_pairs(mapping, dialect(conn))
     # `+ 0`: SQLite then loops over the pairs and finds each row by its primary key, instead
     # of scanning the array's rows and searching the pairs for each one (n²)
     mine = TI.c.array_id + 0 == array_id
-    if dialect(session) == "postgresql":  # lock them by id first: the global order
-        mine = in_lock_order(session, TI.c.id, mine & id_in(TI.c.id, list(mapping), "postgresql"))
+    if dialect(conn) == "postgresql":  # lock them by id first: the global order
+        mine = in_lock_order(conn, TI.c.id, mine & id_in(TI.c.id, list(mapping), "postgresql"))
     stmt = (
         update(TI)
         .where(TI.c.id == pairs.c.id, mine)
         .values(distributor_id=pairs.c.value)
         .execution_options(synchronize_session=False)
     )
-    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+    return int((await conn.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
 
-async def count_where(session: AsyncSession, where: ColumnElement[bool]) -> int:
+async def count_where(conn: Conn, where: ColumnElement[bool]) -> int:
     """How many instances match."""
-    return int(
-        (await session.execute(select(func.count()).select_from(TI).where(where))).scalar_one()
-    )
+    return int((await conn.execute(select(func.count()).select_from(TI).where(where))).scalar_one())
 
 
-async def array_exists(session: AsyncSession, array_id: int) -> bool:
+async def array_exists(conn: Conn, array_id: int) -> bool:
     """Whether there is such an array."""
-    found = await session.execute(select(ARRAY.c.id).where(ARRAY.c.id == array_id))
+    found = await conn.execute(select(ARRAY.c.id).where(ARRAY.c.id == array_id))
     return found.first() is not None
 
 
-async def hold_until(session: AsyncSession, ids: Sequence[int], when: Any) -> None:
+async def hold_until(conn: Conn, ids: Sequence[int], when: Any) -> None:
     """Hold queued instances back until `when` (a retry delay)."""
-    await session.execute(
+    await conn.execute(
         update(TI)
-        .where(id_in(TI.c.id, ids, dialect(session)))
+        .where(id_in(TI.c.id, ids, dialect(conn)))
         .values(available_date=when)
         .execution_options(synchronize_session=False)
     )

@@ -1,8 +1,8 @@
 """Invariant queries: each returns the ids of rows that break one rule (any database)."""
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from farmstead.db.engine import Conn
 from farmstead.fsm import CONSISTENT_LIVE_PAIRS, LIVE_TI
 
 _LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
@@ -69,9 +69,9 @@ CHECKS: dict[str, tuple[str, str]] = {
 }
 
 
-async def run_check(session: AsyncSession, name: str, sample: int = 20) -> tuple[int, list[int]]:
+async def run_check(conn: Conn, name: str, sample: int = 20) -> tuple[int, list[int]]:
     """How many rows break check `name`, and the first `sample` of their ids."""
     sql = CHECKS[name][1]
-    count = (await session.execute(text(f"SELECT count(*) FROM ({sql}) x"))).scalar_one()
-    ids = (await session.execute(text(f"SELECT * FROM ({sql}) x LIMIT {int(sample)}"))).scalars()
+    count = (await conn.execute(text(f"SELECT count(*) FROM ({sql}) x"))).scalar_one()
+    ids = (await conn.execute(text(f"SELECT * FROM ({sql}) x LIMIT {int(sample)}"))).scalars()
     return int(count), [int(i) for i in ids]

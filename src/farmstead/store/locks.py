@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from farmstead.db.engine import Conn
 from farmstead.store.sql import TASK, TI, WORKFLOW, dialect, id_in
 
 
 def in_lock_order(
-    session: AsyncSession, column: ColumnElement[Any], where: ColumnElement[bool]
+    conn: Conn, column: ColumnElement[Any], where: ColumnElement[bool]
 ) -> ColumnElement[bool]:
     """`where` for an UPDATE of `column`'s table that first locks the matching rows by id.
 
@@ -36,7 +36,7 @@ def in_lock_order(
     locked WHERE column = locked.column`, one statement: the sub-select locks in id order
     (re-checking `where` on a row it waited for), then the UPDATE writes only rows it holds.
     """
-    if dialect(session) != "postgresql":
+    if dialect(conn) != "postgresql":
         return where
     locked = select(column).where(where).order_by(column).with_for_update().subquery("locked")
     return column == locked.c[0]
@@ -54,7 +54,7 @@ class LockedTask:
     cancelled: bool
 
 
-async def lock_tasks(session: AsyncSession, ids: Sequence[int]) -> dict[int, LockedTask]:
+async def lock_tasks(conn: Conn, ids: Sequence[int]) -> dict[int, LockedTask]:
     """Lock tasks `ids` in id order (the second step of the order), waiting; read them."""
     if not ids:
         return {}
@@ -69,11 +69,11 @@ async def lock_tasks(session: AsyncSession, ids: Sequence[int]) -> dict[int, Loc
             WORKFLOW.c.cancelled_date.is_not(None),
         )
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
-        .where(id_in(TASK.c.id, sorted(set(ids)), dialect(session)))
+        .where(id_in(TASK.c.id, sorted(set(ids)), dialect(conn)))
         .order_by(TASK.c.id)
         .with_for_update(of=TASK)
     )
-    return {int(r[0]): LockedTask(*r[1:]) for r in (await session.execute(stmt)).all()}
+    return {int(r[0]): LockedTask(*r[1:]) for r in (await conn.execute(stmt)).all()}
 
 
 def instances_by_id(where: ColumnElement[bool], limit: int | None) -> Any:

@@ -4,13 +4,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, select
+from sqlalchemy import ClauseElement, ColumnElement, Float, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import BigInteger, Integer, Text
 
+from farmstead.db.engine import Conn
 from farmstead.db.models import Array, Event, Task, TaskInstance, TaskInstanceErrorLog, Workflow
-from farmstead.db.types import db_now
+from farmstead.db.prepared import prepare
+from farmstead.db.types import after_seconds, db_after, db_now, seconds_from_now
 
 TI = cast(Table, TaskInstance.__table__)
 TASK = cast(Table, Task.__table__)
@@ -20,17 +22,100 @@ ARRAY = cast(Table, Array.__table__)
 WORKFLOW = cast(Table, Workflow.__table__)
 
 
-def dialect(session: AsyncSession) -> str:
-    """The name of the session's database dialect."""
-    return session.get_bind().dialect.name
+def dialect(conn: Conn) -> str:
+    """The name of the conn's database dialect."""
+    return conn.dialect.name
 
 
 def id_in(column: ColumnElement[Any], ids: Sequence[int], dialect_name: str) -> ColumnElement[bool]:
     """`column IN ids` as one bound parameter, whatever the number of ids."""
+    return _ids_placeholder(column, dialect_name, ids_value(ids, dialect_name))
+
+
+def ids_value(ids: Sequence[int], dialect_name: str) -> Any:
+    """The one parameter value that carries `ids` (an array, or JSON text on SQLite)."""
     if dialect_name == "postgresql":
-        return column == func.any(bindparam("ids", list(ids), type_=postgresql.ARRAY(BigInteger)))
-    table = func.json_each(bindparam("ids", "[" + ",".join(str(int(i)) for i in ids) + "]"))
+        return list(ids)
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+def _ids_placeholder(
+    column: ColumnElement[Any], dialect_name: str, value: Any = None
+) -> ColumnElement[bool]:
+    if dialect_name == "postgresql":
+        return column == func.any(bindparam("ids", value, type_=postgresql.ARRAY(BigInteger)))
+    table = func.json_each(bindparam("ids", value, type_=Text()))
     return column.in_(select(table.table_valued("value").c.value.cast(Integer)))
+
+
+class PlusOne:
+    """A column value: the column's own value plus one."""
+
+
+PLUS_ONE = PlusOne()
+
+
+def _kind(value: Any) -> str | None:
+    """How a SET value is prepared: a parameter, the db clock, the clock plus seconds, +1;
+    None for any other SQL expression (then the statement is built each time)."""
+    if isinstance(value, db_now):
+        return "now"
+    if isinstance(value, db_after):
+        return "after" if after_seconds(value) is not None else None
+    if value is PLUS_ONE:
+        return "plus1"
+    if isinstance(value, ClauseElement):
+        return None
+    return "value"
+
+
+def _placeholder(table: Table, name: str, kind: str) -> Any:
+    if kind == "now":
+        return db_now()
+    if kind == "after":
+        return seconds_from_now(bindparam(f"v_{name}", type_=Float()))
+    if kind == "plus1":
+        return table.c[name] + 1
+    return bindparam(f"v_{name}", type_=table.c[name].type)
+
+
+def _as_sql(table: Table, name: str, value: Any) -> Any:
+    return table.c[name] + 1 if value is PLUS_ONE else value
+
+
+async def update_by_ids(
+    conn: Conn, table: Table, ids: Sequence[int], values: dict[str, Any]
+) -> int:
+    """`UPDATE table SET values WHERE id IN ids` (rows the caller locked); how many changed.
+
+    Prepared (db/prepared.py) when every value is a plain value, the database clock, the clock
+    plus seconds, or PLUS_ONE; built each time when a value is any other SQL expression.
+    """
+    name = dialect(conn)
+    kinds = tuple((k, _kind(v)) for k, v in values.items())
+    if any(kind is None for _, kind in kinds):
+        stmt = (
+            update(table)
+            .where(id_in(table.c.id, ids, name))
+            .values({k: _as_sql(table, k, v) for k, v in values.items()})
+            .execution_options(synchronize_session=False)
+        )
+        return int((await conn.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+    one = len(ids) == 1
+
+    def build() -> Any:
+        where = table.c.id == bindparam("row_id") if one else _ids_placeholder(table.c.id, name)
+        sets = {k: _placeholder(table, k, kind) for k, kind in kinds if kind}
+        return update(table).where(where).values(sets)
+
+    prepared = prepare(name, ("update_by_ids", table.name, one, kinds), build)
+    params: dict[str, Any] = {"row_id": ids[0]} if one else {"ids": ids_value(ids, name)}
+    for k, v in values.items():
+        if isinstance(v, db_after):
+            params[f"v_{k}"] = after_seconds(v)
+        elif not isinstance(v, ClauseElement) and v is not PLUS_ONE:
+            params[f"v_{k}"] = v
+    return (await conn.run(prepared, params)).rowcount
 
 
 def id_pairs(mapping: Mapping[int, str], dialect_name: str) -> Any:
@@ -48,12 +133,53 @@ def id_pairs(mapping: Mapping[int, str], dialect_name: str) -> Any:
     return select(table.c.key.cast(Integer).label("id"), table.c.value).subquery("pairs")
 
 
-async def insert_events(session: AsyncSession, events: Sequence[Any]) -> None:
-    """Write event rows (the outbox of each applied transition)."""
+def _insert_events() -> Any:
+    return EVENT.insert().values(
+        time=db_now(),
+        workflow_id=bindparam("workflow_id"),
+        entity=bindparam("entity"),
+        entity_id=bindparam("entity_id"),
+        from_status=bindparam("from_status"),
+        to_status=bindparam("to_status"),
+        details=bindparam("details", type_=EVENT.c.details.type),
+    )
+
+
+def _insert_events_pg() -> Any:
+    """One INSERT of any number of events: their columns bound as arrays, unnested."""
+    columns = ("workflow_id", "entity", "entity_id", "from_status", "to_status", "details")
+    big: Any = postgresql.ARRAY(BigInteger())
+    txt: Any = postgresql.ARRAY(Text())
+    types = (big, txt, big, txt, txt, txt)
+    arrays: list[Any] = [bindparam(c, type_=t) for c, t in zip(columns, types, strict=True)]
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived("e")
+    return EVENT.insert().from_select(
+        ["time", *columns],
+        select(db_now(), *[rows.c[c] for c in columns[:-1]], rows.c.details.cast(JSONB)),
+    )
+
+
+async def insert_events(conn: Conn, events: Sequence[Any]) -> None:
+    """Write event rows (the outbox of each applied transition): one statement."""
     if not events:
         return
-    await session.execute(
-        EVENT.insert().values(time=db_now()),
+    if dialect(conn) == "postgresql":  # one round trip, whatever the number of events
+        prepared = prepare("postgresql", "insert_events", _insert_events_pg)
+        await conn.run(
+            prepared,
+            {
+                "workflow_id": [e.workflow_id for e in events],
+                "entity": [e.entity for e in events],
+                "entity_id": [e.entity_id for e in events],
+                "from_status": [e.from_status for e in events],
+                "to_status": [e.to_status for e in events],
+                "details": [None if e.details is None else json.dumps(e.details) for e in events],
+            },
+        )
+        return
+    prepared = prepare(dialect(conn), "insert_events", _insert_events)
+    await conn.run(
+        prepared,
         [
             {
                 "workflow_id": e.workflow_id,

@@ -10,23 +10,24 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from farmstead.db.engine import Conn
 from farmstead.db.types import JSONType, db_now
 from farmstead.store.sql import ARRAY, ERRLOG, EVENT, TASK, TI, WORKFLOW, dialect, id_in
 
 
-async def create_workflow(session: AsyncSession, name: str, retry_delay: float) -> int:
+async def create_workflow(conn: Conn, name: str, retry_delay: float) -> int:
     """Insert a workflow; returns its id."""
     stmt = WORKFLOW.insert().values(name=name, retry_delay=retry_delay, created_date=db_now())
-    return int((await session.execute(stmt.returning(WORKFLOW.c.id))).scalar_one())
+    return int((await conn.execute(stmt.returning(WORKFLOW.c.id))).scalar_one())
 
 
 async def create_array(
-    session: AsyncSession, workflow_id: int, name: str, batches: int, max_running: int
+    conn: Conn, workflow_id: int, name: str, batches: int, max_running: int
 ) -> int:
     """Insert an array whose first `batches` batch numbers are taken; returns its id."""
     stmt = ARRAY.insert().values(
@@ -36,7 +37,7 @@ async def create_array(
         max_concurrently_running=max_running,
         created_date=db_now(),
     )
-    return int((await session.execute(stmt.returning(ARRAY.c.id))).scalar_one())
+    return int((await conn.execute(stmt.returning(ARRAY.c.id))).scalar_one())
 
 
 def _task_columns(workflow_id: int, array_id: int, spec: dict[str, Any]) -> dict[str, Any]:
@@ -55,31 +56,83 @@ def _task_columns(workflow_id: int, array_id: int, spec: dict[str, Any]) -> dict
     }
 
 
-async def insert_range_tasks(
-    session: AsyncSession,
+async def insert_range(
+    conn: Conn,
+    workflow_id: int,
+    array_id: int,
+    first: int,
+    last: int,
+    spec: dict[str, Any],
+    batch_size: int,
+) -> int:
+    """One task per i in first..last, `{i}` replaced in command and name, and its first QUEUED
+    instance: step i - first of the array, in batches of `batch_size`. Returns how many.
+
+    PostgreSQL: one statement. Each i draws its task id from the task sequence first, so the
+    tasks and their instances are inserted from the same rows, without reading the new tasks
+    back or ranking them (each instance's foreign key is checked at the end of the statement,
+    when its task is there). SQLite: the tasks, then their instances (two statements).
+    """
+    if dialect(conn) != "postgresql":
+        await _insert_range_tasks_sqlite(conn, workflow_id, array_id, first, last, spec)
+        return await insert_first_instances(conn, array_id, batch_size)
+    seq = (await conn.execute(select(func.pg_get_serial_sequence("task", "id")))).scalar_one()
+    seq_literal = "'" + str(seq).replace("'", "''") + "'::regclass"
+    series = func.generate_series(first, last).table_valued("i").render_derived()
+    ids = (
+        select(series.c.i, func.nextval(literal_column(seq_literal)).label("id"))
+        .cte("ids")
+        .prefix_with("MATERIALIZED")
+    )
+    cols = _task_columns(workflow_id, array_id, spec)
+    i_text = cast(ids.c.i, String)
+    cols["id"] = ids.c.id
+    cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
+    cols["command"] = func.replace(literal(spec["command"]), "{i}", i_text)
+    tasks = (
+        insert(TASK)
+        .from_select(list(cols), select(*[v.label(k) for k, v in cols.items()]))
+        .cte("tasks")
+    )
+    rank = ids.c.i - first
+    instances = select(
+        ids.c.id,
+        literal(workflow_id),
+        literal(array_id),
+        (rank // batch_size) + 1,
+        rank % batch_size,
+        literal("Q"),
+        db_now(),
+        cols["resources"],
+        literal(spec["priority"]),
+    )
+    stmt = insert(TI).from_select(_INSTANCE_COLUMNS, instances).add_cte(tasks)
+    result = await conn.execute(stmt)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _insert_range_tasks_sqlite(
+    conn: Conn,
     workflow_id: int,
     array_id: int,
     first: int,
     last: int,
     spec: dict[str, Any],
 ) -> None:
-    """One task per i in first..last, `{i}` replaced in command and name: one statement."""
-    series: Any
-    if dialect(session) == "postgresql":
-        series = func.generate_series(first, last).table_valued("i").render_derived()
-    else:  # SQLite: a recursive CTE counts from first to last
-        start = select(literal(first).label("i")).cte("series", recursive=True)
-        series = start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
+    """The tasks of a range: a recursive CTE counts from first to last (it yields them in
+    order: the tasks' ids follow i)."""
+    start = select(literal(first).label("i")).cte("series", recursive=True)
+    series = start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
     i_text = cast(series.c.i, String)
     cols = _task_columns(workflow_id, array_id, spec)
     cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
     cols["command"] = func.replace(literal(spec["command"]), "{i}", i_text)
-    sel = select(*[v.label(k) for k, v in cols.items()]).select_from(series).order_by(series.c.i)
-    await session.execute(insert(TASK).from_select(list(cols), sel))
+    sel = select(*[v.label(k) for k, v in cols.items()]).select_from(series)
+    await conn.execute(insert(TASK).from_select(list(cols), sel))
 
 
 async def insert_listed_tasks(
-    session: AsyncSession, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]]
+    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]]
 ) -> None:
     """Insert tasks given one by one (an executemany of one statement)."""
     rows = [
@@ -98,14 +151,27 @@ async def insert_listed_tasks(
         }
         for t in tasks
     ]
-    await session.execute(TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows)
+    await conn.execute(TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows)
 
 
-async def insert_first_instances(session: AsyncSession, array_id: int, batch_size: int) -> int:
+_INSTANCE_COLUMNS = [
+    "task_id",
+    "workflow_id",
+    "array_id",
+    "array_batch_num",
+    "array_step_id",
+    "status",
+    "status_date",
+    "resources",
+    "priority",
+]
+
+
+async def insert_first_instances(conn: Conn, array_id: int, batch_size: int) -> int:
     """A QUEUED instance for every task of a new array, batch b / step s: one statement."""
     rank = (func.row_number().over(order_by=TASK.c.id) - 1).label("rank")
     ranked = (
-        select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, rank)
+        select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, TASK.c.priority, rank)
         .where(TASK.c.array_id == array_id)
         .subquery()
     )
@@ -118,42 +184,33 @@ async def insert_first_instances(session: AsyncSession, array_id: int, batch_siz
         literal("Q"),
         db_now(),
         ranked.c.resources,
+        ranked.c.priority,
     )
-    cols = [
-        "task_id",
-        "workflow_id",
-        "array_id",
-        "array_batch_num",
-        "array_step_id",
-        "status",
-        "status_date",
-        "resources",
-    ]
-    result = await session.execute(insert(TI).from_select(cols, sel))
+    result = await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def mark_cancelled(session: AsyncSession, workflow_id: int) -> None:
+async def mark_cancelled(conn: Conn, workflow_id: int) -> None:
     """Flag a workflow as cancelled (kept if it already is)."""
-    await session.execute(
+    await conn.execute(
         WORKFLOW.update()
         .where(WORKFLOW.c.id == workflow_id, WORKFLOW.c.cancelled_date.is_(None))
         .values(cancelled_date=db_now())
     )
 
 
-async def clear_cancelled(session: AsyncSession, workflow_id: int) -> None:
+async def clear_cancelled(conn: Conn, workflow_id: int) -> None:
     """Lift a workflow's cancel flag."""
-    await session.execute(
+    await conn.execute(
         WORKFLOW.update().where(WORKFLOW.c.id == workflow_id).values(cancelled_date=None)
     )
 
 
 async def record_event(
-    session: AsyncSession, workflow_id: int, to_status: str, details: dict[str, Any]
+    conn: Conn, workflow_id: int, to_status: str, details: dict[str, Any]
 ) -> None:
     """A workflow-level event (submission, cancel, resume)."""
-    await session.execute(
+    await conn.execute(
         EVENT.insert().values(
             workflow_id=workflow_id,
             entity="workflow",
@@ -166,62 +223,58 @@ async def record_event(
     )
 
 
-async def workflow_row(session: AsyncSession, workflow_id: int) -> dict[str, Any] | None:
+async def workflow_row(conn: Conn, workflow_id: int) -> dict[str, Any] | None:
     """A workflow's own columns."""
     row = (
-        (await session.execute(select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)))
+        (await conn.execute(select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)))
         .mappings()
         .first()
     )
-    return None if row is None else (await _with_array_ids(session, [dict(row)]))[0]
+    return None if row is None else (await _with_array_ids(conn, [dict(row)]))[0]
 
 
-async def _with_array_ids(
-    session: AsyncSession, rows: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+async def _with_array_ids(conn: Conn, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`rows` (workflows), each with the ids of its arrays in `array_ids`: one query."""
     if not rows:
         return rows
     stmt = (
         select(ARRAY.c.workflow_id, ARRAY.c.id)
-        .where(id_in(ARRAY.c.workflow_id, [r["id"] for r in rows], dialect(session)))
+        .where(id_in(ARRAY.c.workflow_id, [r["id"] for r in rows], dialect(conn)))
         .order_by(ARRAY.c.id)
     )
     arrays: dict[int, list[int]] = {}
-    for wf_id, array_id in (await session.execute(stmt)).all():
+    for wf_id, array_id in (await conn.execute(stmt)).all():
         arrays.setdefault(int(wf_id), []).append(int(array_id))
     return [{**r, "array_ids": arrays.get(r["id"], [])} for r in rows]
 
 
-async def task_counts(session: AsyncSession, workflow_id: int) -> dict[str, int]:
+async def task_counts(conn: Conn, workflow_id: int) -> dict[str, int]:
     """How many of a workflow's tasks are in each status."""
     stmt = (
         select(TASK.c.status, func.count())
         .where(TASK.c.workflow_id == workflow_id)
         .group_by(TASK.c.status)
     )
-    return {s: int(n) for s, n in (await session.execute(stmt)).all()}
+    return {s: int(n) for s, n in (await conn.execute(stmt)).all()}
 
 
-async def task_counts_of(
-    session: AsyncSession, workflow_ids: Sequence[int]
-) -> dict[int, dict[str, int]]:
+async def task_counts_of(conn: Conn, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """How many tasks of each of several workflows are in each status: one grouped query."""
     if not workflow_ids:
         return {}
     stmt = (
         select(TASK.c.workflow_id, TASK.c.status, func.count())
-        .where(id_in(TASK.c.workflow_id, workflow_ids, dialect(session)))
+        .where(id_in(TASK.c.workflow_id, workflow_ids, dialect(conn)))
         .group_by(TASK.c.workflow_id, TASK.c.status)
     )
     counts: dict[int, dict[str, int]] = {int(i): {} for i in workflow_ids}
-    for wf_id, status, n in (await session.execute(stmt)).all():
+    for wf_id, status, n in (await conn.execute(stmt)).all():
         counts[int(wf_id)][status] = int(n)
     return counts
 
 
 async def list_workflows(
-    session: AsyncSession,
+    conn: Conn,
     limit: int,
     offset: int = 0,
     name: str | None = None,
@@ -234,12 +287,12 @@ async def list_workflows(
     if below_id is not None:
         stmt = stmt.where(WORKFLOW.c.id < below_id)
     stmt = stmt.order_by(WORKFLOW.c.id.desc()).limit(limit).offset(offset)
-    rows = [dict(r) for r in (await session.execute(stmt)).mappings().all()]
-    return await _with_array_ids(session, rows)
+    rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+    return await _with_array_ids(conn, rows)
 
 
 async def list_tasks(
-    session: AsyncSession,
+    conn: Conn,
     workflow_id: int,
     status: Sequence[str] | None,
     limit: int,
@@ -250,9 +303,7 @@ async def list_tasks(
     where = [TASK.c.workflow_id == workflow_id]
     if status:
         where.append(TASK.c.status.in_(status))
-    total = (
-        await session.execute(select(func.count()).select_from(TASK).where(*where))
-    ).scalar_one()
+    total = (await conn.execute(select(func.count()).select_from(TASK).where(*where))).scalar_one()
     stmt = (
         select(
             TASK.c.id,
@@ -269,32 +320,32 @@ async def list_tasks(
         .limit(limit)
         .offset(offset)
     )
-    return [dict(r) for r in (await session.execute(stmt)).mappings().all()], int(total)
+    return [dict(r) for r in (await conn.execute(stmt)).mappings().all()], int(total)
 
 
-async def task_detail(session: AsyncSession, task_id: int) -> dict[str, Any] | None:
+async def task_detail(conn: Conn, task_id: int) -> dict[str, Any] | None:
     """A task with its instances (oldest first)."""
-    task = (await session.execute(select(TASK).where(TASK.c.id == task_id))).mappings().first()
+    task = (await conn.execute(select(TASK).where(TASK.c.id == task_id))).mappings().first()
     if task is None:
         return None
     instances = (
-        (await session.execute(select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)))
+        (await conn.execute(select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)))
         .mappings()
         .all()
     )
     return {**dict(task), "instances": [dict(i) for i in instances]}
 
 
-async def error_logs_of(session: AsyncSession, ti_ids: Sequence[int]) -> list[dict[str, Any]]:
+async def error_logs_of(conn: Conn, ti_ids: Sequence[int]) -> list[dict[str, Any]]:
     """Error-log rows of several instances."""
     if not ti_ids:
         return []
-    stmt = select(ERRLOG).where(id_in(ERRLOG.c.task_instance_id, ti_ids, dialect(session)))
-    return [dict(r) for r in (await session.execute(stmt.order_by(ERRLOG.c.id))).mappings().all()]
+    stmt = select(ERRLOG).where(id_in(ERRLOG.c.task_instance_id, ti_ids, dialect(conn)))
+    return [dict(r) for r in (await conn.execute(stmt.order_by(ERRLOG.c.id))).mappings().all()]
 
 
 async def events_of(
-    session: AsyncSession, workflow_id: int, after_id: int, limit: int
+    conn: Conn, workflow_id: int, after_id: int, limit: int
 ) -> list[dict[str, Any]]:
     """A workflow's events in order."""
     stmt = (
@@ -303,27 +354,25 @@ async def events_of(
         .order_by(EVENT.c.id)
         .limit(limit)
     )
-    return [dict(r) for r in (await session.execute(stmt)).mappings().all()]
+    return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
 
-async def batch_keys(
-    session: AsyncSession, ti_ids: Sequence[int]
-) -> list[tuple[int, int, str, int, int]]:
+async def batch_keys(conn: Conn, ti_ids: Sequence[int]) -> list[tuple[int, int, str, int, int]]:
     """(instance, array, array name, batch, step) for each of `ti_ids`."""
     if not ti_ids:
         return []
     stmt = (
         select(TI.c.id, TI.c.array_id, ARRAY.c.name, TI.c.array_batch_num, TI.c.array_step_id)
         .join(ARRAY, ARRAY.c.id == TI.c.array_id)
-        .where(id_in(TI.c.id, ti_ids, dialect(session)))
+        .where(id_in(TI.c.id, ti_ids, dialect(conn)))
     )
-    return [tuple(r) for r in (await session.execute(stmt)).all()]
+    return [tuple(r) for r in (await conn.execute(stmt)).all()]
 
 
-async def cluster(session: AsyncSession, name: str) -> tuple[int, str, str, str | None] | None:
+async def cluster(conn: Conn, name: str) -> tuple[int, str, str, str | None] | None:
     """A cluster by name."""
     row = (
-        await session.execute(
+        await conn.execute(
             text(
                 "SELECT id, name, cluster_type_name, connection_parameters FROM cluster "
                 "WHERE name = :name"
@@ -334,9 +383,9 @@ async def cluster(session: AsyncSession, name: str) -> tuple[int, str, str, str 
     return None if row is None else (int(row[0]), row[1], row[2], row[3])
 
 
-async def instance_statuses(session: AsyncSession, ti_ids: Sequence[int]) -> list[tuple[int, str]]:
+async def instance_statuses(conn: Conn, ti_ids: Sequence[int]) -> list[tuple[int, str]]:
     """(id, status) of each of `ti_ids` that exists: one statement."""
     if not ti_ids:
         return []
-    stmt = select(TI.c.id, TI.c.status).where(id_in(TI.c.id, ti_ids, dialect(session)))
-    return [(int(i), str(s)) for i, s in (await session.execute(stmt.order_by(TI.c.id))).all()]
+    stmt = select(TI.c.id, TI.c.status).where(id_in(TI.c.id, ti_ids, dialect(conn)))
+    return [(int(i), str(s)) for i, s in (await conn.execute(stmt.order_by(TI.c.id))).all()]

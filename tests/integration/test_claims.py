@@ -1,0 +1,75 @@
+"""Claims (POST /v3/claims): priority order from the instances' own copy of their task's
+priority, the workflow filter, retry holds, retries keep their priority, and concurrent
+claimers never get the same instance."""
+
+import asyncio
+
+import httpx
+from factories import error, launch, ok, running, sql_exec, sql_rows, submit, submit_array
+
+from farmstead.db.engine import Database
+from helpers import assert_consistent
+
+
+async def _claim(client: httpx.AsyncClient, limit: int, workflow_id: int | None = None) -> list:
+    body: dict = {"limit": limit}
+    if workflow_id is not None:
+        body["workflow_id"] = workflow_id
+    return (await ok(client.post("/v3/claims", json=body)))["data"]  # type: ignore[no-any-return]
+
+
+async def test_claims_follow_priority_then_id_and_the_workflow_filter(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    low = await submit_array(client, 0, 4, priority=1)
+    high = await submit_array(client, 0, 2, priority=5)
+    mid = await submit(client, 2, priority=3)
+    rows = await sql_rows(
+        db, "SELECT i.priority AS ip, t.priority AS tp FROM task_instance i "
+        "JOIN task t ON t.id = i.task_id"
+    )
+    assert rows and all(r["ip"] == r["tp"] for r in rows)
+
+    first = await _claim(client, 2)
+    assert [c["workflow_id"] for c in first] == [high["id"]] * 2
+    only_low = await _claim(client, 2, low["id"])
+    assert [c["workflow_id"] for c in only_low] == [low["id"]] * 2
+    next_three = await _claim(client, 3)  # answered in instance id order
+    assert sorted(c["workflow_id"] for c in next_three) == sorted([high["id"]] + [mid["id"]] * 2)
+    rest = await _claim(client, 100)
+    assert [c["workflow_id"] for c in rest] == [low["id"]] * 3
+    assert await _claim(client, 10) == []
+    await assert_consistent(db)
+
+
+async def test_a_held_retry_is_not_claimed_and_a_retry_keeps_its_priority(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    wf = await submit(client, 1, priority=9, retry_delay=3600)
+    (claimed,) = await _claim(client, 1)
+    ti = claimed["task_instance_id"]
+    await launch(client, ti)
+    await running(client, ti)
+    assert await error(client, ti) == "E"
+    (retry,) = await sql_rows(
+        db, "SELECT id, status, priority FROM task_instance WHERE task_id = :t AND id <> :i",
+        t=claimed["task_id"], i=ti,
+    )
+    assert (retry["status"], retry["priority"]) == ("Q", 9)
+    assert await _claim(client, 5) == []  # held back by the retry delay
+    await sql_exec(db, "UPDATE task_instance SET available_date = NULL WHERE id = :i",
+                   i=retry["id"])
+    assert [c["task_instance_id"] for c in await _claim(client, 5, wf["id"])] == [retry["id"]]
+    await assert_consistent(db)
+
+
+async def test_concurrent_claimers_never_share_an_instance(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    await submit_array(client, 0, 199)
+    results = await asyncio.gather(*[_claim(client, 7) for _ in range(40)])
+    ids = [c["task_instance_id"] for batch in results for c in batch]
+    assert len(ids) == len(set(ids)) == 200
+    instantiated = await sql_rows(db, "SELECT count(*) AS n FROM task_instance WHERE status='I'")
+    assert instantiated[0]["n"] == 200
+    await assert_consistent(db)

@@ -1,0 +1,77 @@
+"""The models (db/models.py) and the migrations (alembic/) describe the same schema, on both
+databases; the newest migration goes down and up again and fills what it adds."""
+
+import asyncio
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from farmstead.db.migrate import alembic_config
+from farmstead.db.models import Base
+
+
+def _diff(url: str) -> list[Any]:
+    def compare(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    async def run() -> list[Any]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(compare)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+async def _sql(url: str, *statements: str) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            rows: list[Any] = []
+            for sql in statements:
+                result = await conn.execute(text(sql))
+                if result.returns_rows:
+                    rows = list(result.all())
+            return rows
+    finally:
+        await engine.dispose()
+
+
+def test_the_models_match_the_migrations(db_url: str) -> None:
+    assert _diff(db_url) == []
+
+
+def test_the_claim_order_migration_goes_down_and_up_and_copies_priorities(db_url: str) -> None:
+    cfg = alembic_config(db_url)
+    command.downgrade(cfg, "0002")
+    try:
+        asyncio.run(
+            _sql(
+                db_url,
+                "INSERT INTO workflow (id, name, created_date, retry_delay) "
+                "VALUES (1, 'w', CURRENT_TIMESTAMP, 0)",
+                'INSERT INTO "array" (id, workflow_id, name, max_concurrently_running, '
+                "last_batch_num, created_date) VALUES (1, 1, 'a', 10, 1, CURRENT_TIMESTAMP)",
+                "INSERT INTO task (id, workflow_id, array_id, name, command, status, "
+                "status_date, num_attempts, max_attempts, priority) VALUES "
+                "(1, 1, 1, 't1', 'true', 'Q', CURRENT_TIMESTAMP, 1, 3, 7), "
+                "(2, 1, 1, 't2', 'true', 'Q', CURRENT_TIMESTAMP, 1, 3, 0)",
+                "INSERT INTO task_instance (id, task_id, workflow_id, array_id, "
+                "array_batch_num, array_step_id, status, status_date) VALUES "
+                "(1, 1, 1, 1, 1, 0, 'Q', CURRENT_TIMESTAMP), "
+                "(2, 2, 1, 1, 1, 1, 'Q', CURRENT_TIMESTAMP)",
+            )
+        )
+    finally:
+        command.upgrade(cfg, "head")
+    rows = asyncio.run(_sql(db_url, "SELECT id, priority FROM task_instance ORDER BY id"))
+    assert [tuple(r) for r in rows] == [(1, 7), (2, 0)]
+    assert _diff(db_url) == []
