@@ -136,23 +136,33 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server's own processes: the uvicorn parent and its workers."""
-        if self.proc is None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.proc)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
+
+
+def process_tree(proc: subprocess.Popen[bytes] | None) -> list[int]:
+    """A started process and all its children (none once it has exited)."""
+    if proc is None:
+        return []
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, patience: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `patience` seconds; wait for the end."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=patience)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # ---- where the CPU goes ---------------------------------------------------------------------

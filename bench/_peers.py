@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-from _harness import ROOT, Server, free_port, fresh_database
+from _harness import ROOT, Server, free_port, fresh_database, process_tree, stop_process
 from bench_core import instantiate_and_launch, lookup, submit_array
 
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -137,23 +136,10 @@ class BarePeer:
         raise RuntimeError(f"bare app did not start: {log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.proc)
 
     def prepare(self, n: int) -> Sequence[int]:
         return range(1, 10**9)  # any id: the answer does not depend on it

@@ -11,6 +11,7 @@ if it raises). `conn` offers `execute` (SQLAlchemy Core statements) and `dialect
   reads to reader threads beside it (WAL mode lets them run while the writer writes).
 """
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -64,11 +65,11 @@ class PgConn:
     async def run(self, prepared: Prepared, params: ParamSets = None) -> Rows:
         """Run a prepared statement on asyncpg, in this transaction."""
         adapter = self._adapter
-        if self._begin and adapter._transaction is None:
-            await adapter._start_transaction()
         driver = adapter._connection
         compiled = prepared.compiled(self.dialect)
         try:
+            if self._begin and adapter._transaction is None:
+                await adapter._start_transaction()
             if isinstance(params, list):
                 await driver.executemany(compiled.sql, [compiled.values(p) for p in params])
                 return Rows([], len(params))
@@ -78,8 +79,10 @@ class PgConn:
                 return Rows(compiled.convert(rows), len(rows))
             status = await driver.execute(compiled.sql, *values)
         except Exception as exc:
-            if driver.is_closed():  # the pool must not hand this connection out again
-                await self._conn.invalidate(exc)
+            if driver.is_closed():  # lost: never hand this connection out again
+                with contextlib.suppress(Exception):
+                    await self._conn.invalidate(exc)
+                raise ConnectionError("the database connection was lost") from exc
             adapter._handle_exception(exc)  # as SQLAlchemy's own: wrapped as a DBAPI error
             raise
         return Rows([], int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0)
@@ -137,7 +140,8 @@ class Database:
             if reuse:
                 self._idle.append((conn, adapter))
             else:
-                await conn.close()
+                with contextlib.suppress(Exception):  # a lost connection may fail to close
+                    await conn.close()
 
     async def _connect(self) -> tuple[AsyncConnection, Any]:
         conn = await self.engine.connect()

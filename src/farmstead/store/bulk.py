@@ -21,7 +21,7 @@ from sqlalchemy import (
 from farmstead.db.engine import Conn
 from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now, seconds_from_now
-from farmstead.store.locks import in_lock_order, instances_by_id, lock_tasks
+from farmstead.store.locks import INSTANCE_COLUMNS, in_lock_order, instances_by_id, lock_tasks
 from farmstead.store.sql import (
     ARRAY,
     ERRLOG,
@@ -180,16 +180,7 @@ def _claim_lateral(where: ColumnElement[bool], limit: int) -> Any:
     An instance whose task another transaction holds is left out (it stays QUEUED).
     """
     ti = (
-        select(
-            TI.c.id,
-            TI.c.status,
-            TI.c.task_id,
-            TI.c.workflow_id,
-            TI.c.array_id,
-            TI.c.resources,
-            TI.c.report_by_date,
-            TI.c.last_report_date,
-        )
+        select(*INSTANCE_COLUMNS)
         .where(where)
         .order_by(TI.c.priority.desc(), TI.c.id)
         .limit(limit)

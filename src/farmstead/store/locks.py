@@ -76,21 +76,20 @@ async def lock_tasks(conn: Conn, ids: Sequence[int]) -> dict[int, LockedTask]:
     return {int(r[0]): LockedTask(*r[1:]) for r in (await conn.execute(stmt)).all()}
 
 
+#: the instance columns a set-based move reads
+INSTANCE_COLUMNS = (
+    TI.c.id,
+    TI.c.status,
+    TI.c.task_id,
+    TI.c.workflow_id,
+    TI.c.array_id,
+    TI.c.resources,
+    TI.c.report_by_date,
+    TI.c.last_report_date,
+)
+
+
 def instances_by_id(where: ColumnElement[bool], limit: int | None) -> Any:
     """Lock the instances matching `where` (instance columns only) in id order; read them."""
-    stmt = (
-        select(
-            TI.c.id,
-            TI.c.status,
-            TI.c.task_id,
-            TI.c.workflow_id,
-            TI.c.array_id,
-            TI.c.resources,
-            TI.c.report_by_date,
-            TI.c.last_report_date,
-        )
-        .where(where)
-        .order_by(TI.c.id)
-        .with_for_update()
-    )
+    stmt = select(*INSTANCE_COLUMNS).where(where).order_by(TI.c.id).with_for_update()
     return stmt.limit(limit) if limit else stmt
