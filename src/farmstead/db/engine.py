@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 
+from farmstead.db.held import HeldConnections
 from farmstead.db.prepared import ParamSets, Prepared, Rows
 from farmstead.db.threads import AnyResult, ThreadPool
 
@@ -100,11 +101,7 @@ class Database:
     writer: ThreadPool | None = None  # SQLite: the writer thread
     readers: ThreadPool | None = None  # SQLite: the reader threads
     extra: list[Engine] = field(default_factory=list)
-    #: PostgreSQL: connections kept checked out between transactions, ready (no pool
-    #: check-out, check-in and reset per transaction); at most `keep_idle` of them, so the
-    #: pool always has connections left for everything else
-    keep_idle: int = 0
-    _idle: list[tuple[AsyncConnection, Any]] = field(default_factory=list)
+    held: HeldConnections | None = None  # PostgreSQL: connections kept ready (db/held.py)
 
     @property
     def is_sqlite(self) -> bool:
@@ -126,32 +123,24 @@ class Database:
         on PostgreSQL)."""
         if self.writer is not None and self.readers is not None:
             return await (self.writer if write else self.readers).run(work, single)
-        conn, adapter = self._idle.pop() if self._idle else await self._connect()
-        reuse = False
+        assert self.held is not None
+        conn, adapter = held = await self.held.acquire()
+        healthy = False
         try:
             if single:
                 result = await work(PgConn(conn, adapter, begin=False))
             else:
                 async with conn.begin():
                     result = await work(PgConn(conn, adapter))
-            reuse = not conn.invalidated and len(self._idle) < self.keep_idle
+            healthy = True
             return result
         finally:
-            if reuse:
-                self._idle.append((conn, adapter))
-            else:
-                with contextlib.suppress(Exception):  # a lost connection may fail to close
-                    await conn.close()
-
-    async def _connect(self) -> tuple[AsyncConnection, Any]:
-        conn = await self.engine.connect()
-        raw = await conn.get_raw_connection()
-        return conn, raw.dbapi_connection
+            await self.held.release(held, healthy)
 
     async def dispose(self) -> None:
         """Stop the database threads and close every pooled connection."""
-        while self._idle:
-            await self._idle.pop()[0].close()
+        if self.held is not None:
+            await self.held.close()
         for pool in (self.writer, self.readers):
             if pool is not None:
                 await pool.close()
@@ -208,7 +197,7 @@ def make_database(
     # again) connections of its own, which costs PostgreSQL a process fork each.
     engine = create_async_engine(
         url,
-        pool_size=pool_size,
+        pool_size=pool_size + 2,
         max_overflow=0,
         pool_timeout=lock_timeout * 2,
         pool_pre_ping=False,
@@ -220,4 +209,6 @@ def make_database(
             },
         },
     )
-    return Database(url=url, engine=engine, keep_idle=max(1, pool_size - 4))
+    # the requests' connections are held ready; the pool keeps two more for everything else
+    held = HeldConnections(engine, pool_size, lock_timeout * 2)
+    return Database(url=url, engine=engine, held=held)

@@ -11,6 +11,9 @@ from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
 from farmstead.store import workflows as store
 
+#: a submission of this many tasks or more refreshes the planner's statistics at once
+ANALYZE_AFTER = 10_000
+
 
 async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[str, Any]:
     """Create a workflow, its tasks (all QUEUED) and each task's first QUEUED instance."""
@@ -52,7 +55,10 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
         # every task it just made is QUEUED: no need to count them back
         return _summary(row, {"Q": created})
 
-    return await in_transaction(db, work)
+    summary = await in_transaction(db, work)
+    if req.size >= ANALYZE_AFTER:
+        await in_transaction(db, store.refresh_statistics)
+    return summary
 
 
 async def read(db: Database, workflow_id: int) -> dict[str, Any]:

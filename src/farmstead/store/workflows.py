@@ -389,3 +389,14 @@ async def instance_statuses(conn: Conn, ti_ids: Sequence[int]) -> list[tuple[int
         return []
     stmt = select(TI.c.id, TI.c.status).where(id_in(TI.c.id, ti_ids, dialect(conn)))
     return [(int(i), str(s)) for i, s in (await conn.execute(stmt.order_by(TI.c.id))).all()]
+
+
+async def refresh_statistics(conn: Conn) -> None:
+    """Refresh the planner's statistics of the instance and task tables (PostgreSQL).
+
+    After a large submission they say there are next to no QUEUED rows until autovacuum's
+    next analyze, and the planner then sorts every QUEUED row for a claim instead of walking
+    the claim-order index. SQLite's planner is steered by `likely` instead (store.bulk).
+    """
+    if dialect(conn) == "postgresql":
+        await conn.execute(text("ANALYZE task_instance, task"))
