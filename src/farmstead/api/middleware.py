@@ -147,7 +147,7 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool, bool
     """(Content-Length, whether the body is streamed, whether it is JSON) from the headers."""
     length: int | None = None
     streamed = False
-    json_body = True  # FastAPI parses a body without a content type as JSON
+    json_body = True  # no content type: checked too (a client may still send JSON)
     for name, value in headers:
         if name == b"content-length":
             try:
