@@ -339,3 +339,35 @@ async def test_expiry_names_the_last_report(
 
     # the heartbeat came 0.3 s after log_running, and set the deadline 0.05 s after itself
     assert at(ran["time"]) < at(since) < at(deadline)
+
+
+async def test_a_worker_that_exited_a_moment_ago_does_not_end_the_executor(
+    client: httpx.AsyncClient,
+) -> None:
+    """The status check finds a cancelled instance whose worker process has already exited
+    and been reaped, its `wait()` not yet resumed: nothing to stop, and the executor goes on
+    (it once raised ProcessLookupError there and stopped claiming for good)."""
+    from farmstead.client.api import Api
+    from farmstead.client.executor import STOP_IN, LocalExecutor
+    from farmstead.client.runner import Runner
+
+    body = {"name": "gone", "tasks": [{"name": "a", "command": "true"}]}
+    wf = (await client.post("/v3/workflows", json=body)).json()
+    api = Api("http://farmstead", retry_limit=5, client=client)
+    (item,) = await api.claim(1, wf["id"])
+    ti_id = int(item["task_instance_id"])
+    assert (await client.post(f"/v3/workflows/{wf['id']}/cancel")).status_code == 200
+    assert (await api.statuses([ti_id], retry_limit=5))[ti_id] in STOP_IN  # cancelled
+
+    worker = await asyncio.create_subprocess_exec("true")
+    while worker.returncode is None:  # reaped by the child watcher; wait() not called
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    executor = LocalExecutor("http://farmstead", 1, mode="subprocess", client=client)
+    executor.workers[ti_id] = worker
+    executor._settled = {ti_id}  # seen settled at the last check too: stop it now
+
+    await executor._stop_moved_on(api, Runner(api))
+
+    assert ti_id in executor._told
+    await worker.wait()

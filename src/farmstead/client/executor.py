@@ -15,6 +15,7 @@ restarted executor first ends what a killed predecessor left and reports it (see
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -96,24 +97,34 @@ class LocalExecutor:
         loop = asyncio.get_running_loop()
         next_check = loop.time() + self.status_interval
         while not stop.is_set():
-            free = self.slots - len(self.running)
-            claimed = []
-            if free > 0:
-                try:
-                    claimed = await api.claim(free, self.workflow_id)
-                except (ServerUnavailable, ClientError) as exc:
-                    log.warning("claim failed: %s", exc)
-            for item in claimed:
-                ti_id = int(item["task_instance_id"])
-                task = asyncio.create_task(self._one(api, runner, ti_id))
-                self.running[ti_id] = task
-                task.add_done_callback(self._forget(ti_id))
-            if loop.time() >= next_check:
-                next_check = loop.time() + self.status_interval
-                await self._stop_moved_on(api, runner)
-            if claimed and len(self.running) < self.slots:
-                continue  # there may be more: ask again at once
+            try:
+                more = await self._claim(api, runner)
+                if loop.time() >= next_check:
+                    next_check = loop.time() + self.status_interval
+                    await self._stop_moved_on(api, runner)
+                if more:
+                    continue  # there may be more: ask again at once
+            except Exception:  # a bug in one round must not end the executor for good
+                log.exception("local executor: unexpected error; carrying on")
             await self._wait(stop, self.poll_interval)
+
+    async def _claim(self, api: Api, runner: Runner) -> bool:
+        """Claim instances for the free slots and start them; True if it got some and slots
+        are still free."""
+        free = self.slots - len(self.running)
+        if free <= 0:
+            return False
+        try:
+            claimed = await api.claim(free, self.workflow_id)
+        except (ServerUnavailable, ClientError) as exc:
+            log.warning("claim failed: %s", exc)
+            return False
+        for item in claimed:
+            ti_id = int(item["task_instance_id"])
+            task = asyncio.create_task(self._one(api, runner, ti_id))
+            self.running[ti_id] = task
+            task.add_done_callback(self._forget(ti_id))
+        return bool(claimed) and len(self.running) < self.slots
 
     def _forget(self, ti_id: int) -> Callable[[asyncio.Task[None]], None]:
         def forget(_: asyncio.Task[None]) -> None:
@@ -161,7 +172,10 @@ class LocalExecutor:
                 self._spawn(runner.stop(ti_id, "stop", f"the server answered {status}"))
             elif (worker := self.workers.get(ti_id)) is not None and ti_id not in self._told:
                 self._told.add(ti_id)
-                worker.terminate()  # the worker stops its command and reports
+                # the worker stops its command and reports; it may have exited a moment ago
+                # (reaped, its wait() not yet resumed): then there is nothing to stop
+                with contextlib.suppress(ProcessLookupError):
+                    worker.terminate()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

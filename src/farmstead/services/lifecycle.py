@@ -89,7 +89,19 @@ class Background:
         coro = (
             loop(self.stop_event) if lock_path is None else self._as_leader(name, lock_path, loop)
         )
-        self.tasks.append(asyncio.create_task(coro, name=name))
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._ended)
+        self.tasks.append(task)
+
+    def _ended(self, task: "asyncio.Task[None]") -> None:
+        """A loop that ends before the server stops is a bug: say so at once, loudly."""
+        if task.cancelled() or self.stop_event.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("the %s stopped on an error", task.get_name(), exc_info=exc)
+        else:
+            log.error("the %s stopped before the server did", task.get_name())
 
     async def _as_leader(
         self, name: str, path: str, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
