@@ -36,6 +36,8 @@ MEMORY = 42  # over its memory limit at first; the retry's 1.5x is enough
 KILLED = 77  # its worker is kill -9'd mid-run
 #: an instance's moves up to running; a heartbeat late on a loaded machine may add T and back
 RUN = "QI IO OR( RT TR)*"
+#: ...and done: from TRIAGING too, when the last heartbeat came late just before the report
+DONE = "( RD| RT TD)"
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ def _check_task(
         assert first["id"] == killed_ti
         assert retry["stdout_log"].strip() == f"retry of {i}"
         assert re.fullmatch(RUN + " RT TU", moves_of(evs, "task_instance", first["id"]))
-        assert re.fullmatch("-Q " + RUN + " RD", moves_of(evs, "task_instance", retry["id"]))
+        assert re.fullmatch("-Q " + RUN + DONE, moves_of(evs, "task_instance", retry["id"]))
         before, after = of(evs, "task_instance", first["id"]), of(evs, "task_instance", retry["id"])
         assert before[-1]["id"] < after[0]["id"]  # expired, then retried
         assert [e["details"]["by"] for e in before[-2:]] == ["reconciler", "reconciler"]
@@ -310,7 +312,7 @@ def _check_task(
     else:
         assert statuses == ["D"], (i, task)
         assert last["stdout_log"].strip() == f"task {i}"
-        assert re.fullmatch(RUN + " RD", moves_of(evs, "task_instance", last["id"]))
+        assert re.fullmatch(RUN + DONE, moves_of(evs, "task_instance", last["id"]))
 
 
 # ---- coroutine mode (the default) ---------------------------------------------------------
