@@ -73,3 +73,23 @@ async def test_concurrent_claimers_never_share_an_instance(
     instantiated = await sql_rows(db, "SELECT count(*) AS n FROM task_instance WHERE status='I'")
     assert instantiated[0]["n"] == 200
     await assert_consistent(db)
+
+
+async def test_a_claim_writes_one_event_per_move_instances_first(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    wf = await submit(client, 3)
+    claimed = await _claim(client, 2, wf["id"])
+    ids = [c["task_instance_id"] for c in claimed]
+    assert ids == sorted(ids)  # answered in instance id order
+    events = await sql_rows(
+        db, "SELECT entity, entity_id, from_status, to_status, details FROM event "
+        "WHERE workflow_id = :w AND to_status = 'I' ORDER BY id", w=wf["id"],
+    )
+    moves = [(e["entity"], e["entity_id"], e["from_status"], e["to_status"]) for e in events]
+    assert moves == [("task_instance", c["task_instance_id"], "Q", "I") for c in claimed] + [
+        ("task", c["task_id"], "Q", "I") for c in claimed
+    ]
+    details = [e["details"] for e in events]
+    assert all(d in ({"by": "claim"}, '{"by": "claim"}') for d in details[:2]), details
+    await assert_consistent(db)

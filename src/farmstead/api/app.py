@@ -1,5 +1,6 @@
 """The FastAPI application: routers, lifespan (schema check, background loops), docs offline."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background.start()
         executor = local_executor.build(app, settings) if settings.local_workers else None
         executor_task = executor and local_executor.start(background, executor, settings)
+        if getattr(app.state, "freeze_after_start", False):
+            # What start-up built (modules, the app, its routes) lives as long as the process:
+            # out of the collector's scans, so no full collection stalls a request for long.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -98,4 +104,6 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn (`--factory`): settings from FARMSTEAD_* variables."""
     settings = Settings()
     _log_to_stderr(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.freeze_after_start = True  # a server process of its own (not a test's app)
+    return app

@@ -11,6 +11,7 @@ if it raises). `conn` offers `execute` (SQLAlchemy Core statements) and `dialect
   reads to reader threads beside it (WAL mode lets them run while the writer writes).
 """
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 
+from farmstead.db.checkpointer import Checkpointer
 from farmstead.db.held import HeldConnections
 from farmstead.db.prepared import ParamSets, Prepared, Rows
 from farmstead.db.threads import AnyResult, ThreadPool
@@ -102,6 +104,7 @@ class Database:
     readers: ThreadPool | None = None  # SQLite: the reader threads
     extra: list[Engine] = field(default_factory=list)
     held: HeldConnections | None = None  # PostgreSQL: connections kept ready (db/held.py)
+    checkpointer: Checkpointer | None = None  # SQLite: WAL checkpoints off the write path
 
     @property
     def is_sqlite(self) -> bool:
@@ -122,6 +125,8 @@ class Database:
         applies atomically on its own: no BEGIN and COMMIT around it (two round trips fewer
         on PostgreSQL)."""
         if self.writer is not None and self.readers is not None:
+            if write and self.checkpointer is not None:
+                self.checkpointer.ensure_started()
             return await (self.writer if write else self.readers).run(work, single)
         assert self.held is not None
         conn, adapter = held = await self.held.acquire()
@@ -144,12 +149,16 @@ class Database:
         for pool in (self.writer, self.readers):
             if pool is not None:
                 await pool.close()
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.close)
         for sync_engine in self.extra:
             sync_engine.dispose()
         await self.engine.dispose()
 
 
-def _sqlite_setup(sync_engine: Engine, lock_timeout: float, immediate: bool) -> None:
+def _sqlite_setup(
+    sync_engine: Engine, lock_timeout: float, immediate: bool, autocheckpoint: bool = True
+) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when a transaction begins (see _on_begin).
@@ -159,6 +168,8 @@ def _sqlite_setup(sync_engine: Engine, lock_timeout: float, immediate: bool) -> 
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        if not autocheckpoint:  # db/checkpointer.py checkpoints for this connection
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
@@ -168,12 +179,14 @@ def _sqlite_setup(sync_engine: Engine, lock_timeout: float, immediate: bool) -> 
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _sqlite_thread_engine(url: str, lock_timeout: float, immediate: bool) -> Engine:
+def _sqlite_thread_engine(
+    url: str, lock_timeout: float, immediate: bool, autocheckpoint: bool = True
+) -> Engine:
     sync_url = make_url(url).set(drivername="sqlite+pysqlite")
     engine = create_engine(
         sync_url, connect_args={"timeout": lock_timeout, "check_same_thread": False}
     )
-    _sqlite_setup(engine, lock_timeout, immediate)
+    _sqlite_setup(engine, lock_timeout, immediate, autocheckpoint)
     return engine
 
 
@@ -184,7 +197,13 @@ def make_database(
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": lock_timeout})
         _sqlite_setup(engine.sync_engine, lock_timeout, immediate=False)
-        write = _sqlite_thread_engine(url, lock_timeout, immediate=True)
+        path = make_url(url).database
+        checkpointer = None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            checkpointer = Checkpointer(path, lock_timeout=lock_timeout)
+        write = _sqlite_thread_engine(
+            url, lock_timeout, immediate=True, autocheckpoint=checkpointer is None
+        )
         read = _sqlite_thread_engine(url, lock_timeout, immediate=False)
         return Database(
             url=url,
@@ -192,6 +211,7 @@ def make_database(
             writer=ThreadPool(write, 1, "farmstead-db-writer"),
             readers=ThreadPool(read, sqlite_readers, "farmstead-db-reader"),
             extra=[write, read],
+            checkpointer=checkpointer,
         )
     # No overflow: a burst waits for a pooled connection instead of opening (and closing
     # again) connections of its own, which costs PostgreSQL a process fork each.

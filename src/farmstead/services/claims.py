@@ -1,34 +1,84 @@
 """Claims: a puller (the local executor, or any distributor) takes QUEUED instances to run."""
 
+from collections import defaultdict
+from functools import cache, lru_cache
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
-from farmstead.fsm import TIStatus
-from farmstead.services.bulk import apply_bulk
+from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide
 from farmstead.services.uow import in_transaction
-from farmstead.store import bulk as store
-from farmstead.store import workflows as wf_store
-from farmstead.store.bulk import Candidate
+from farmstead.store import claims as store
+from farmstead.store.claims import Claimable, ClaimMoves
+
+_DETAILS = {"by": "claim"}
+_ANSWER = ("task_instance_id", "task_id", "workflow_id", "array_id", "array_batch_num",
+           "array_step_id")  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _decide(ti: str, task: str, tries: int, allowed: int) -> Decision:
+    return decide(TIStatus(ti), TaskStatus(task), TIStatus.INSTANTIATED, tries, allowed)
+
+
+def _claimable(move: Decision) -> Apply | None:
+    """The move, if it moves the instance; a claim never errs nor retries (no error log, no
+    new instance to queue), so any other kind of move is a bug."""
+    if not isinstance(move, Apply):  # e.g. its task is settled: the instance stays QUEUED
+        return None
+    if move.retry or move.ti_to != TIStatus.INSTANTIATED:
+        raise RuntimeError(f"a claim cannot apply {move}")
+    return move
+
+
+@cache
+def claim_moves() -> ClaimMoves:
+    """The decision function's answer for a QUEUED instance, by its task's status, as a table.
+
+    Asking for INSTANTIATED, the answer depends on the two statuses only (tries count for
+    error reports alone): checked here with no tries and with every try used.
+    """
+    moves = ClaimMoves([], [], [], [], [], [])
+    for task in TaskStatus:
+        move = _claimable(_decide("Q", task.value, 0, 3))
+        if move != _claimable(_decide("Q", task.value, 3, 3)):
+            raise RuntimeError(f"a claim's move from task status {task} depends on its tries")
+        if move is None:
+            continue
+        moves.task_from.append(task.value)
+        moves.task_to.append(move.task_to.value)
+        prev = task
+        for k, step in enumerate(move.task_path, 1):
+            moves.step_of.append(task.value)
+            moves.step_from.append(prev.value)
+            moves.step_to.append(step.value)
+            moves.step_k.append(k)
+            prev = step
+    return moves
 
 
 async def claim(db: Database, limit: int, workflow_id: int | None) -> list[dict[str, Any]]:
     """Up to `limit` available QUEUED instances → INSTANTIATED, highest priority first."""
+    if not db.is_sqlite:  # one statement, atomic on its own: no BEGIN, no COMMIT
 
-    async def work(conn: Conn) -> tuple[list[Candidate], list[Any]]:
-        cands = await store.claim_candidates(conn, workflow_id, limit)
-        moved = await apply_bulk(conn, cands, TIStatus.INSTANTIATED, details={"by": "claim"})
-        return cands, await wf_store.batch_keys(conn, moved.ids)
+        async def one(conn: Conn) -> list[tuple[int, int, int, int, int, int]]:
+            return await store.claim_pg(conn, claim_moves(), workflow_id, limit, _DETAILS)
 
-    cands, rows = await in_transaction(db, work)
-    by_id = {c.ti_id: c for c in cands}
+        rows = await in_transaction(db, one, single=True)
+        return [dict(zip(_ANSWER, r, strict=True)) for r in rows]  # by instance id
+
+    async def work(conn: Conn) -> list[Claimable]:
+        groups: dict[Apply, list[Claimable]] = defaultdict(list)
+        for c in await store.candidates(conn, workflow_id, limit):
+            allowed = min(c.tries, c.max_attempts) if c.cancelled else c.max_attempts
+            move = _claimable(_decide(c.ti_status, c.task_status, c.tries, allowed))
+            if move is not None:
+                groups[move].append(c)
+        for move, members in groups.items():
+            await store.apply_claim(conn, move, members, _DETAILS)
+        return [c for members in groups.values() for c in members]
+
+    moved = await in_transaction(db, work)
+    moved.sort()  # answered in instance id order
     return [
-        {
-            "task_instance_id": ti,
-            "task_id": by_id[ti].task_id,
-            "workflow_id": by_id[ti].workflow_id,
-            "array_id": array_id,
-            "array_batch_num": batch,
-            "array_step_id": step,
-        }
-        for ti, array_id, _name, batch, step in sorted(rows)
+        dict(zip(_ANSWER, (c.ti_id, c.task_id, c.workflow_id, *c[-3:]), strict=True)) for c in moved
     ]

@@ -14,14 +14,13 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    true,
     update,
 )
 
 from farmstead.db.engine import Conn
 from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now, seconds_from_now
-from farmstead.store.locks import INSTANCE_COLUMNS, in_lock_order, instances_by_id, lock_tasks
+from farmstead.store.locks import in_lock_order, instances_by_id, lock_tasks
 from farmstead.store.sql import (
     ARRAY,
     ERRLOG,
@@ -58,10 +57,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Instances a reconciler rule matches, and the order its index yields them in.
+    """Instances a reconciler rule matches, and the order a chunk takes them in.
 
-    Ordering by the indexed column (not by id) lets a chunk stop after `limit` expired rows
-    instead of walking past every healthy one: the cost follows the expired rows.
+    Where the column is indexed with the status (`status_date`), the index yields that order
+    and a chunk stops after `limit` expired rows. The deadline (`report_by_date`) is not
+    indexed, so that heartbeats leave the instance's index entries alone (PostgreSQL keeps
+    such updates on the page, HOT): its sweeps read the live instances of that status and
+    sort the expired ones, a cost that follows the number of live instances, never the
+    finished ones.
     """
 
     where: ColumnElement[bool]
@@ -145,78 +148,6 @@ async def lock_candidates(
         )
         for r in found
     ]
-
-
-async def claim_candidates(conn: Conn, workflow_id: int | None, limit: int) -> list[Candidate]:
-    """Lock and read up to `limit` available QUEUED instances (of one workflow, or of any) in
-    claim order, skipping those another transaction holds: one statement.
-
-    An index yields them in claim order (`ix_task_instance_queued_priority_id`, or for one
-    workflow `ix_task_instance_workflow_id_status_priority_id`), so the LIMIT stops the walk after
-    `limit` rows (plus any retries still held back), however many instances are QUEUED.
-    SQLite's planner would rather find every QUEUED row through another index and sort them,
-    unless told that `status = 'Q'` is not selective (`likely`, a no-op at run time).
-    """
-    queued: ColumnElement[bool] = _QUEUED
-    if workflow_id is None and dialect(conn) == "sqlite":
-        queued = func.likely(_QUEUED)
-    where = and_(queued, _hold_passed())
-    if workflow_id is not None:
-        where = and_(where, TI.c.workflow_id == workflow_id)
-    if dialect(conn) == "postgresql":
-        stmt = _claim_lateral(where, limit)
-    else:
-        stmt = _candidates(where, limit, True, True)
-    return [Candidate(*r) for r in (await conn.execute(stmt)).all()]
-
-
-def _claim_lateral(where: ColumnElement[bool], limit: int) -> Any:
-    """PostgreSQL: the first `limit` instances in claim order (locked, skipping locked ones),
-    each joined to its task (locked, skipping) in a LATERAL subquery.
-
-    The same rows as `_candidates`, but no join the planner could make a merge join: costing
-    one probes the ends of the joined columns' indexes, which after a large rolled-back submit
-    (dead index entries at an end, until vacuum) took over 100 ms of planning per claim.
-    An instance whose task another transaction holds is left out (it stays QUEUED).
-    """
-    ti = (
-        select(*INSTANCE_COLUMNS)
-        .where(where)
-        .order_by(TI.c.priority.desc(), TI.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .subquery("ti")
-    )
-    task = (
-        select(
-            TASK.c.status,
-            (TASK.c.num_attempts - TASK.c.attempts_base).label("tries"),
-            TASK.c.max_attempts,
-            TASK.c.resource_scales,
-            WORKFLOW.c.retry_delay,
-            WORKFLOW.c.cancelled_date.is_not(None).label("cancelled"),
-        )
-        .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
-        .where(TASK.c.id == ti.c.task_id)
-        .with_for_update(of=TASK, skip_locked=True)
-        .lateral("t")
-    )
-    return select(
-        ti.c.id,
-        ti.c.status,
-        ti.c.task_id,
-        task.c.status,
-        task.c.tries,
-        task.c.max_attempts,
-        ti.c.workflow_id,
-        ti.c.array_id,
-        ti.c.resources,
-        task.c.resource_scales,
-        task.c.retry_delay,
-        task.c.cancelled,
-        ti.c.report_by_date,
-        ti.c.last_report_date,
-    ).select_from(ti.join(task, true()))
 
 
 def by_ids(conn: Conn, ids: Sequence[int], statuses: Sequence[str]) -> Any:

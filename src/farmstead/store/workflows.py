@@ -71,11 +71,14 @@ async def insert_range(
     PostgreSQL: one statement. Each i draws its task id from the task sequence first, so the
     tasks and their instances are inserted from the same rows, without reading the new tasks
     back or ranking them (each instance's foreign key is checked at the end of the statement,
-    when its task is there). SQLite: the tasks, then their instances (two statements).
+    when its task is there). SQLite: the tasks, then their instances from the same count, each
+    task's id computed from i (two statements; the new tasks are not read back).
     """
     if dialect(conn) != "postgresql":
         await _insert_range_tasks_sqlite(conn, workflow_id, array_id, first, last, spec)
-        return await insert_first_instances(conn, array_id, batch_size)
+        return await _insert_range_instances_sqlite(
+            conn, workflow_id, array_id, first, last, spec, batch_size
+        )
     seq = (await conn.execute(select(func.pg_get_serial_sequence("task", "id")))).scalar_one()
     seq_literal = "'" + str(seq).replace("'", "''") + "'::regclass"
     series = func.generate_series(first, last).table_valued("i").render_derived()
@@ -121,14 +124,53 @@ async def _insert_range_tasks_sqlite(
 ) -> None:
     """The tasks of a range: a recursive CTE counts from first to last (it yields them in
     order: the tasks' ids follow i)."""
-    start = select(literal(first).label("i")).cte("series", recursive=True)
-    series = start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
+    series = _series_sqlite(first, last)
     i_text = cast(series.c.i, String)
     cols = _task_columns(workflow_id, array_id, spec)
     cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
     cols["command"] = func.replace(literal(spec["command"]), "{i}", i_text)
     sel = select(*[v.label(k) for k, v in cols.items()]).select_from(series)
     await conn.execute(insert(TASK).from_select(list(cols), sel))
+
+
+def _series_sqlite(first: int, last: int) -> Any:
+    """first..last, one row each, in order: a recursive CTE (SQLite has no generate_series)."""
+    start = select(literal(first).label("i")).cte("series", recursive=True)
+    return start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
+
+
+async def _insert_range_instances_sqlite(
+    conn: Conn,
+    workflow_id: int,
+    array_id: int,
+    first: int,
+    last: int,
+    spec: dict[str, Any],
+    batch_size: int,
+) -> int:
+    """The first instances of the tasks `_insert_range_tasks_sqlite` just inserted.
+
+    Task i's id is the last new id - (last - i): SQLite gives the rows of one INSERT the ids
+    that follow the table's largest one, in order (a rowid table, no AUTOINCREMENT), and the
+    write lock the transaction holds lets no other writer in between.
+    """
+    series = _series_sqlite(first, last)
+    last_id = select(func.max(TASK.c.id)).scalar_subquery()
+    rank = series.c.i - first
+    sel = select(
+        last_id - (last - series.c.i),
+        literal(workflow_id),
+        literal(array_id),
+        (rank // batch_size) + 1,
+        rank % batch_size,
+        literal("Q"),
+        db_now(),
+        bindparam("resources", spec["resources"], type_=JSONType),
+        literal(spec["priority"]),
+    ).select_from(series)
+    await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
+    # one row per i, or the statement fails (the driver counts no rows of a WITH statement)
+    return last - first + 1
 
 
 async def insert_listed_tasks(
