@@ -27,9 +27,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 _LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
-#: percent of each task_instance page PostgreSQL fills on insert: the rest is room for the
-#: heartbeats' new row versions on the same page (HOT updates)
-TASK_INSTANCE_FILLFACTOR = 85
 
 
 class Base(DeclarativeBase):
@@ -107,11 +104,8 @@ class TaskInstance(Base):
     """One try of a task on some machine."""
 
     __tablename__ = "task_instance"
-    # report_by_date is in no index: a heartbeat then changes no indexed column, so PostgreSQL
-    # can write the new row version in place (a HOT update, no index entries) when its page has
-    # room, which the fillfactor leaves; the deadline sweeps read the RUNNING or LAUNCHED rows
-    # through a status index and sort them by deadline (a cost that follows the live instances)
     __table_args__ = (
+        Index("ix_task_instance_status_report_by_date", "status", "report_by_date"),
         Index("ix_task_instance_status_status_date", "status", "status_date"),
         Index(
             "uq_task_instance_array_batch_step",
@@ -128,7 +122,6 @@ class TaskInstance(Base):
             sqlite_where=text(f"status IN ({_LIVE})"),
             postgresql_where=text(f"status IN ({_LIVE})"),
         ),
-        {"postgresql_with": {"fillfactor": TASK_INSTANCE_FILLFACTOR}},
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id"), index=True)

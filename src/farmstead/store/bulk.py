@@ -57,14 +57,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Instances a reconciler rule matches, and the order a chunk takes them in.
+    """Instances a reconciler rule matches, and the order its index yields them in.
 
-    Where the column is indexed with the status (`status_date`), the index yields that order
-    and a chunk stops after `limit` expired rows. The deadline (`report_by_date`) is not
-    indexed, so that heartbeats leave the instance's index entries alone (PostgreSQL keeps
-    such updates on the page, HOT): its sweeps read the live instances of that status and
-    sort the expired ones, a cost that follows the number of live instances, never the
-    finished ones.
+    Ordering by the indexed column (not by id) lets a chunk stop after `limit` expired rows
+    instead of walking past every healthy one: the cost follows the expired rows.
     """
 
     where: ColumnElement[bool]
