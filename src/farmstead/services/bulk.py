@@ -17,9 +17,18 @@ from farmstead.store.sql import insert_events
 ERROR_LOGGED = frozenset({"E", "U", "Z", "W", "F"})
 
 
+def tries_allowed(tries: int, max_attempts: int, cancelled: bool) -> int:
+    """Tries allowed: none beyond those made once the workflow is cancelled."""
+    return min(tries, max_attempts) if cancelled else max_attempts
+
+
 @lru_cache(maxsize=4096)
-def _decide(ti: str, task: str, requested: TIStatus, attempts: int, max_attempts: int) -> Decision:
-    return decide(TIStatus(ti), TaskStatus(task), requested, attempts, max_attempts)
+def decide_for(
+    ti: str, task: str, requested: TIStatus, tries: int, max_attempts: int, cancelled: bool
+) -> Decision:
+    """The decision function for an instance and its task as stored (statuses as letters)."""
+    allowed = tries_allowed(tries, max_attempts, cancelled)
+    return decide(TIStatus(ti), TaskStatus(task), requested, tries, allowed)
 
 
 @dataclass
@@ -64,8 +73,7 @@ async def apply_bulk(
     result = BulkResult()
     groups: dict[Apply, list[Candidate]] = defaultdict(list)
     for c in candidates:
-        allowed = min(c.tries, c.max_attempts) if c.cancelled else c.max_attempts
-        d = _decide(c.ti_status, c.task_status, requested, c.tries, allowed)
+        d = decide_for(c.ti_status, c.task_status, requested, c.tries, c.max_attempts, c.cancelled)
         if isinstance(d, Apply):
             groups[d].append(c)
         else:

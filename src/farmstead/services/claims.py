@@ -1,11 +1,12 @@
 """Claims: a puller (the local executor, or any distributor) takes QUEUED instances to run."""
 
 from collections import defaultdict
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
-from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide
+from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus
+from farmstead.services.bulk import decide_for
 from farmstead.services.uow import in_transaction
 from farmstead.store import claims as store
 from farmstead.store.claims import Claimable, ClaimMoves
@@ -13,11 +14,6 @@ from farmstead.store.claims import Claimable, ClaimMoves
 _DETAILS = {"by": "claim"}
 _ANSWER = ("task_instance_id", "task_id", "workflow_id", "array_id", "array_batch_num",
            "array_step_id")  # fmt: skip
-
-
-@lru_cache(maxsize=256)
-def _decide(ti: str, task: str, tries: int, allowed: int) -> Decision:
-    return decide(TIStatus(ti), TaskStatus(task), TIStatus.INSTANTIATED, tries, allowed)
 
 
 def _claimable(move: Decision) -> Apply | None:
@@ -39,8 +35,8 @@ def claim_moves() -> ClaimMoves:
     """
     moves = ClaimMoves([], [], [], [], [], [])
     for task in TaskStatus:
-        move = _claimable(_decide("Q", task.value, 0, 3))
-        if move != _claimable(_decide("Q", task.value, 3, 3)):
+        move = _claimable(decide_for("Q", task.value, TIStatus.INSTANTIATED, 0, 3, False))
+        if move != _claimable(decide_for("Q", task.value, TIStatus.INSTANTIATED, 3, 3, False)):
             raise RuntimeError(f"a claim's move from task status {task} depends on its tries")
         if move is None:
             continue
@@ -69,8 +65,8 @@ async def claim(db: Database, limit: int, workflow_id: int | None) -> list[dict[
     async def work(conn: Conn) -> list[Claimable]:
         groups: dict[Apply, list[Claimable]] = defaultdict(list)
         for c in await store.candidates(conn, workflow_id, limit):
-            allowed = min(c.tries, c.max_attempts) if c.cancelled else c.max_attempts
-            move = _claimable(_decide(c.ti_status, c.task_status, c.tries, allowed))
+            asked = (c.ti_status, c.task_status, TIStatus.INSTANTIATED)
+            move = _claimable(decide_for(*asked, c.tries, c.max_attempts, c.cancelled))
             if move is not None:
                 groups[move].append(c)
         for move, members in groups.items():

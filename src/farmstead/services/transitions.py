@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
-from farmstead.fsm import Invalid, Same, TaskStatus, TIStatus, Untimely, decide
-from farmstead.services.bulk import apply_bulk
+from farmstead.fsm import Invalid, Same, TIStatus, Untimely
+from farmstead.services.bulk import apply_bulk, decide_for
 from farmstead.services.errors import InvalidTransition, NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.store import instances as store
@@ -23,11 +23,6 @@ class Outcome:
     task: TaskRow
     retry_instance_id: int | None = None
     resources: dict[str, Any] | None = None  # the instance's own (scaled after retries)
-
-
-def _allowed(tries: int, max_attempts: int, cancelled: bool) -> int:
-    """Tries allowed: none beyond those made once the workflow is cancelled."""
-    return min(tries, max_attempts) if cancelled else max_attempts
 
 
 async def transition(
@@ -75,12 +70,8 @@ async def transition_in(
     if pair is None:
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
     ti, task = pair
-    decision = decide(
-        TIStatus(ti.status),
-        TaskStatus(task.status),
-        requested,
-        task.tries,
-        _allowed(task.tries, task.max_attempts, task.cancelled),
+    decision = decide_for(
+        ti.status, task.status, requested, task.tries, task.max_attempts, task.cancelled
     )
     match decision:
         case Same(status):
