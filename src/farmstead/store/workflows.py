@@ -97,17 +97,8 @@ async def insert_range(
         .from_select(list(cols), select(*[v.label(k) for k, v in cols.items()]))
         .cte("tasks")
     )
-    rank = ids.c.i - first
     instances = select(
-        ids.c.id,
-        literal(workflow_id),
-        literal(array_id),
-        (rank // batch_size) + 1,
-        rank % batch_size,
-        literal("Q"),
-        db_now(),
-        cols["resources"],
-        literal(spec["priority"]),
+        *_range_instance(ids.c.id, ids.c.i - first, workflow_id, array_id, spec, batch_size)
     )
     stmt = insert(TI).from_select(_INSTANCE_COLUMNS, instances).add_cte(tasks)
     result = await conn.execute(stmt)
@@ -139,6 +130,24 @@ def _series_sqlite(first: int, last: int) -> Any:
     return start.union_all(select((start.c.i + 1).label("i")).where(start.c.i < last))
 
 
+def _range_instance(
+    task_id: Any, rank: Any, workflow_id: int, array_id: int, spec: dict[str, Any], batch_size: int
+) -> list[Any]:
+    """The columns (`_INSTANCE_COLUMNS`) of the first instance of an array's task: step `rank`
+    of the array (0 for its first task), in batches of `batch_size`."""
+    return [
+        task_id,
+        literal(workflow_id),
+        literal(array_id),
+        (rank // batch_size) + 1,
+        rank % batch_size,
+        literal("Q"),
+        db_now(),
+        bindparam("resources", spec["resources"], type_=JSONType),
+        literal(spec["priority"]),
+    ]
+
+
 async def _insert_range_instances_sqlite(
     conn: Conn,
     workflow_id: int,
@@ -156,17 +165,10 @@ async def _insert_range_instances_sqlite(
     """
     series = _series_sqlite(first, last)
     last_id = select(func.max(TASK.c.id)).scalar_subquery()
+    task_id = last_id - (last - series.c.i)
     rank = series.c.i - first
     sel = select(
-        last_id - (last - series.c.i),
-        literal(workflow_id),
-        literal(array_id),
-        (rank // batch_size) + 1,
-        rank % batch_size,
-        literal("Q"),
-        db_now(),
-        bindparam("resources", spec["resources"], type_=JSONType),
-        literal(spec["priority"]),
+        *_range_instance(task_id, rank, workflow_id, array_id, spec, batch_size)
     ).select_from(series)
     await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
     # one row per i, or the statement fails (the driver counts no rows of a WITH statement)
