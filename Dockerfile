@@ -19,7 +19,8 @@ USER farmstead
 WORKDIR /home/farmstead
 ENV FARMSTEAD_HOST=0.0.0.0 \
     FARMSTEAD_PORT=8000 \
-    FARMSTEAD_DATABASE_URL=sqlite+aiosqlite:////data/farmstead.db
+    FARMSTEAD_DATABASE_URL=sqlite+aiosqlite:////data/farmstead.db \
+    FARMSTEAD_CREDENTIALS_FILE=/data/credentials.json
 # declared after /data is made and handed to the farmstead user: a new volume starts as that
 VOLUME /data
 EXPOSE $FARMSTEAD_PORT

@@ -111,11 +111,15 @@ class Server:
         self.workers = workers
         self.log_path = log_path
         self.env = {f"FARMSTEAD_{k.upper()}": str(v) for k, v in (env or {}).items()}
+        self.credentials_file = log_path.with_suffix(".credentials.json")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Server:
+        # auth off unless asked (bench_speed's *auth servers measure it); the admin token of a
+        # server with auth on is kept beside its log, never in the user's own credentials
         env = {**os.environ, "FARMSTEAD_DATABASE_URL": self.db_url,
-               "FARMSTEAD_LOG_LEVEL": "warning", **self.env}
+               "FARMSTEAD_LOG_LEVEL": "warning", "FARMSTEAD_AUTH": "false",
+               "FARMSTEAD_CREDENTIALS_FILE": str(self.credentials_file), **self.env}
         cmd = [sys.executable, "-m", "farmstead.cli.main", "serve", "--port", str(self.port),
                "--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:

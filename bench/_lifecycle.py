@@ -98,8 +98,9 @@ class _Answer(asyncio.Protocol):
 class Client:
     """Requests of one simulated worker, one at a time; `new` or `keep` connection mode."""
 
-    def __init__(self, host: str, port: int, mode: str) -> None:
+    def __init__(self, host: str, port: int, mode: str, header: str = "") -> None:
         self.host, self.port, self.mode = host, port, mode
+        self.header = header  # e.g. "Authorization: Bearer …\r\n"
         self.conn: _Answer | None = None
         self.connects = 0
 
@@ -117,7 +118,7 @@ class Client:
         assert conn is not None and conn.transport is not None
         waiter = conn.waiter = asyncio.get_running_loop().create_future()
         conn.transport.write(
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.header}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -217,14 +218,17 @@ def lifecycle_process(job: dict[str, Any]) -> dict[str, Any]:
 
 async def _lifecycle(job: dict[str, Any]) -> dict[str, Any]:
     """job: host, port, mode, ids (iterable), workers, seconds, start_at (epoch), prefix, checks,
-    index (of the process), bodies (optional: the peer's request bodies per route).
+    index (of the process), bodies (optional: the peer's request bodies per route), header
+    (optional: an extra request header line, e.g. a bearer token).
 
     Workers take instances from one shared iterator until it runs out or `seconds` have passed
     (the instance in hand is finished). `in_window` counts requests answered within `seconds`.
     """
     tally = _Tally()
     ids: Iterable[int] = job["ids"]
-    clients = [Client(job["host"], job["port"], job["mode"]) for _ in range(job["workers"])]
+    header = job.get("header", "")
+    clients = [Client(job["host"], job["port"], job["mode"], header)
+               for _ in range(job["workers"])]
     if job["mode"] == "keep":  # open the connections before the clock starts
         await asyncio.gather(*(c.request("GET", "/health") for c in clients))
     await asyncio.sleep(max(0.0, job["start_at"] - time.time()))

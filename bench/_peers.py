@@ -47,26 +47,49 @@ class FarmsteadPeer:
     prefix = "/v3/fsm"
     checks = True
 
-    def __init__(self, backend: str, workers: int, work: Path, keep: bool = False) -> None:
+    def __init__(self, backend: str, workers: int, work: Path, keep: bool = False,
+                 auth: str = "off") -> None:
         self.backend, self.workers, self.work, self.keep = backend, workers, work, keep
         db = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend]
         self.name = f"farmstead, {db}, {workers} process{'es' if workers > 1 else ''}"
+        #: off; token: auth on, each request with a worker token; trusted: auth on, no
+        #: credentials, from the trusted loopback network (as Jobmon's worker)
+        self.auth = auth
+        if auth != "off":
+            self.name += ", auth on" + (" (worker token)" if auth == "token" else
+                                        " (no token, trusted network)")
+        self.header = ""  # the extra request header line the load sends
+        self.admin: dict[str, str] = {}
         self.server: Server | None = None
         self.stack = contextlib.ExitStack()
         self.arrays = 0
 
     def start(self, port: int | None = None) -> str:
         url = self.stack.enter_context(fresh_database(self.backend, self.keep))
-        log = self.work / f"server-{self.backend}-{self.workers}.log"
-        self.server = Server(url, self.workers, log)
+        log = self.work / f"server-{self.backend}-{self.workers}-{self.auth}.log"
+        env = {"auth": "true"} if self.auth != "off" else None
+        self.server = Server(url, self.workers, log, env)
         if port:
             self.server.port, self.server.url = port, f"http://127.0.0.1:{port}"
         try:
             self.server.start()
+            if self.auth != "off":
+                self._tokens()
         except BaseException:
             self.stack.close()
             raise
         return self.server.url
+
+    def _tokens(self) -> None:
+        """The admin token the server wrote on its first start; a worker token for the load."""
+        assert self.server is not None
+        tokens = json.loads(self.server.credentials_file.read_text())
+        self.admin = {"Authorization": f"Bearer {tokens[self.server.url]}"}
+        if self.auth == "token":
+            made = httpx.post(f"{self.server.url}/v3/tokens", headers=self.admin, timeout=30,
+                              json={"name": "bench", "role": "worker"})
+            made.raise_for_status()
+            self.header = f"Authorization: Bearer {made.json()['token']}\r\n"
 
     def stop(self) -> None:
         if self.server is not None:
@@ -85,7 +108,8 @@ class FarmsteadPeer:
         self.arrays += 1
 
         async def go() -> list[int]:
-            async with httpx.AsyncClient(base_url=self.server.url, timeout=600) as client:
+            async with httpx.AsyncClient(base_url=self.server.url, timeout=600,
+                                         headers=self.admin) as client:
                 wf, _ = await submit_array(client, f"bench-speed-{self.arrays}", n)
                 first = await lookup(client, int(wf["array_ids"][0]), 1, 0)
                 ids, _ = await instantiate_and_launch(client, first, n)

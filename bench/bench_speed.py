@@ -44,7 +44,14 @@ from bench_core import _git_commit, instantiate_and_launch
 SERVERS = {  # key: (backend, server processes); the order is the run order in a repetition
     "bare": ("none", 1), "sqlite1": ("sqlite", 1), "sqlite2": ("sqlite", 2),
     "pg1": ("postgresql", 1), "pg2": ("postgresql", 2), "jobmon": ("sqlite", 1),
+    # auth on: every request carries a worker token (Authorization: Bearer), or none from the
+    # trusted loopback network (as Jobmon's worker sends); not in the default --servers
+    "sqlite1auth": ("sqlite", 1), "sqlite1trusted": ("sqlite", 1),
+    "pg1auth": ("postgresql", 1), "pg1trusted": ("postgresql", 1),
 }
+AUTH = {"sqlite1auth": "token", "sqlite1trusted": "trusted", "pg1auth": "token",
+        "pg1trusted": "trusted"}
+AUTH_TARGET = 0.90  # with a token per request, >= 90 % of the rate with auth off
 PHASES = ("lifecycle", "lookup", "heartbeat", "claim", "submit")
 MODES = {"new": "new connection per request", "keep": "keep-alive"}
 NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "none": "-"}
@@ -112,7 +119,8 @@ def drive(peer: Any, url: str, mode: str, ids: Any, args: argparse.Namespace) ->
              "workers": args.concurrency // procs + (i < args.concurrency % procs),
              "seconds": args.seconds, "start_at": start_at, "prefix": peer.prefix,
              "checks": peer.checks,
-             "bodies": peer.bodies() if hasattr(peer, "bodies") else None}
+             "bodies": peer.bodies() if hasattr(peer, "bodies") else None,
+             "header": getattr(peer, "header", "")}
             for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
         pending = pool.map_async(lifecycle_process, jobs)
@@ -176,7 +184,7 @@ def make_peer(key: str, args: argparse.Namespace, work: Path) -> tuple[Any | Non
     if key == "jobmon":
         return load_jobmon_peer(work)
     backend, workers = SERVERS[key]
-    return FarmsteadPeer(backend, workers, work, args.keep), ""
+    return FarmsteadPeer(backend, workers, work, args.keep, auth=AUTH.get(key, "off")), ""
 
 
 def phase_lifecycle(args: argparse.Namespace, work: Path, rep: Report) -> None:
@@ -240,6 +248,13 @@ def lifecycle_rows(runs: dict[str, dict[str, list[dict[str, Any]]]], names: dict
                 target, ratio = f">= {SHARE_TARGET:.2f} of bare", share / SHARE_TARGET
             elif key == "pg2" and mode == "new" and pg1 == pg1:
                 target, ratio = f"> PG 1 process ({fmt(pg1)})", med(rates) / pg1
+            elif key in AUTH:
+                plain = med([r["rps"] for r in runs.get(key[:-len("auth")] if key.endswith(
+                    "auth") else key[:-len("trusted")], {}).get(mode, [])])
+                if plain == plain and plain:
+                    measured += f" = {med(rates) / plain:.2f} of auth off"
+                    target, ratio = f">= {AUTH_TARGET:.2f} of auth off", (
+                        med(rates) / plain / AUTH_TARGET)
             elif key not in ("bare",):
                 target = "-"
             rep.row(f"lifecycle req/s, {MODES[mode]}", names.get(key, key), measured, target,

@@ -30,7 +30,10 @@ PG_ADMIN_URL = os.environ.get(
     "FARMSTEAD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
-TABLES = ["event", "task_instance_error_log", "task_instance", "task", "array", "workflow"]
+TABLES = [
+    "api_token", "app_user",
+    "event", "task_instance_error_log", "task_instance", "task", "array", "workflow",
+]
 
 
 def _pg_reachable() -> bool:
@@ -47,6 +50,23 @@ def _pg_reachable() -> bool:
     except Exception:
         return False
     return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every server and CLI the tests start keep their tokens here, never in the user's own
+    ~/.config/farmstead."""
+    path = tmp_path_factory.mktemp("credentials") / "credentials.json"
+    # Auth is off unless a test turns it on (tests/e2e/test_auth.py and others that do).
+    given = {"FARMSTEAD_CREDENTIALS_FILE": str(path), "FARMSTEAD_AUTH": "false"}
+    old = {k: os.environ.get(k) for k in given}
+    os.environ.update(given)
+    yield path
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +139,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://farmstead") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield c
 
 

@@ -383,3 +383,66 @@ class ValidationErrorOut(ErrorOut):
     """A 422: the request is well-formed but a value is not acceptable; one item per problem."""
 
     errors: list[FieldErrorOut]
+
+
+# --- users and tokens -----------------------------------------------------------------------
+
+RoleName = Literal["admin", "operator", "worker", "viewer"]
+UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+
+
+class TokenCreate(Strict):
+    """A new token: its name, role, optional owner (admins only), scope and lifetime."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    role: RoleName = "worker"
+    owner: UserName | None = None
+    #: a worker token's workflows (it may act only on their instances)
+    workflow_ids: Annotated[list[DbId], Field(min_length=1, max_length=1000)] | None = None
+    #: seconds until it expires (none: until revoked)
+    expires_in: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = None
+
+
+class TokenOut(BaseModel):
+    """A token, never its secret (but for the one answer that creates it)."""
+
+    id: int
+    name: str
+    role: str
+    owner: str
+    workflow_ids: list[int] | None
+    created_date: datetime
+    created_by: str
+    expires_date: datetime | None
+    last_used_date: datetime | None
+    revoked_date: datetime | None
+
+
+class TokenCreatedOut(TokenOut):
+    """The new token: `token` is shown this once and stored only as a hash."""
+
+    token: str
+
+
+class TokensOut(BaseModel):
+    data: list[TokenOut]
+
+
+class UserCreate(Strict):
+    """A new user; a password only if they will sign in with one (HTTP Basic)."""
+
+    name: UserName
+    role: RoleName
+    password: Annotated[str, Field(min_length=8, max_length=1024)] | None = None
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    has_password: bool
+    tokens: int = 0
+
+
+class UsersOut(BaseModel):
+    data: list[UserOut]

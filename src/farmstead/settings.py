@@ -1,8 +1,10 @@
 """Settings, read once from the environment (prefix FARMSTEAD_) and passed down."""
 
+import ipaddress
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./farmstead.db"
@@ -52,6 +54,20 @@ class Settings(BaseSettings):
     #: on shutdown, let running local commands finish instead of stopping them
     drain: bool = False
     log_level: str = "info"
+    #: require a token (or user and password) on every route but /health, /ready and the docs
+    auth: bool = True
+    #: networks whose requests may use the worker-node routes without credentials (Jobmon's
+    #: worker sends none); [] to require a worker token there too
+    trusted_networks: list[str] = ["127.0.0.1/32", "::1/128"]
+    #: Host header values accepted (DNS rebinding); empty: the bound host and localhost names;
+    #: ["*"]: any
+    allowed_hosts: list[str] = []
+    #: browser origins allowed to call the API cross-site (CORS); none by default
+    cors_origins: list[str] = []
+    #: where `farmstead serve` writes the first admin token and the CLI looks for it
+    credentials_file: Path | None = None
+    #: seconds a resolved token is trusted before it is looked up again (revocation delay)
+    token_cache_seconds: float = Field(5.0, ge=0, le=300)
 
     @field_validator("database_url")
     @classmethod
@@ -62,6 +78,25 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network (e.g. 10.0.0.0/8)") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _no_open_server_without_auth(self) -> "Settings":
+        if not self.auth and not is_loopback(self.host):
+            raise ValueError(
+                f"auth is off and host is {self.host}: the server would be open to anyone who "
+                "can reach it; turn auth on or listen on 127.0.0.1"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         """True for the embedded SQLite default."""
@@ -71,3 +106,13 @@ class Settings(BaseSettings):
     def report_increment(self) -> float:
         """Seconds between a report and its deadline, as Jobmon's workers compute it."""
         return self.heartbeat_interval * self.report_by_buffer
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -353,7 +353,7 @@ async def test_a_worker_that_exited_a_moment_ago_does_not_end_the_executor(
 
     body = {"name": "gone", "tasks": [{"name": "a", "command": "true"}]}
     wf = (await client.post("/v3/workflows", json=body)).json()
-    api = Api("http://farmstead", retry_limit=5, client=client)
+    api = Api("http://localhost", retry_limit=5, client=client)
     (item,) = await api.claim(1, wf["id"])
     ti_id = int(item["task_instance_id"])
     assert (await client.post(f"/v3/workflows/{wf['id']}/cancel")).status_code == 200
@@ -363,7 +363,7 @@ async def test_a_worker_that_exited_a_moment_ago_does_not_end_the_executor(
     while worker.returncode is None:  # reaped by the child watcher; wait() not called
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
-    executor = LocalExecutor("http://farmstead", 1, mode="subprocess", client=client)
+    executor = LocalExecutor("http://localhost", 1, mode="subprocess", client=client)
     executor.workers[ti_id] = worker
     executor._settled = {ti_id}  # seen settled at the last check too: stop it now
 

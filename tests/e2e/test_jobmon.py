@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from farmstead import credentials
+
 JOBMON_VERSION = "3.4.8"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 HEARTBEAT_SECONDS = 1
@@ -63,11 +65,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.jobmon]
 
 
 class Farm:
-    """farmstead's HTTP API, as the test's stand-in distributor uses it."""
+    """farmstead's HTTP API, as the test's stand-in distributor uses it (with the admin token
+    the server wrote on its first start: auth is on, as it is by default; Jobmon's worker sends
+    no credentials and is let in as a worker from the trusted loopback network)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30)
+        token = credentials.token_for(url)
+        assert token, "the server wrote no admin token for its URL"
+        self.http = httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def post(self, path: str, body: Any = None, expect: int = 200) -> Any:
         resp = self.http.post(path, json=body if body is not None else {})
@@ -123,8 +131,9 @@ class Farm:
 
 @pytest.fixture
 def farm(server_factory: Any) -> Iterator[Farm]:
-    """A real server process on the test's backend (the reconciler off), and a client for it."""
-    client = Farm(server_factory().url)
+    """A real server process on the test's backend (the reconciler off, auth on), and a client
+    for it."""
+    client = Farm(server_factory(auth="true").url)
     yield client
     client.close()
 

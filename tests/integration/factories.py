@@ -62,7 +62,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://farmstead") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield guard(c)
 
 

@@ -519,7 +519,7 @@ async def test_every_request_value_is_bounded_in_the_openapi(client: httpx.Async
 
 
 async def test_the_client_reads_the_error_body(client: httpx.AsyncClient) -> None:
-    api = Api("http://farmstead", client=client)
+    api = Api("http://localhost", client=client)
     with pytest.raises(ClientError) as caught:
         await api.call("POST", "/v3/workflows",
                        {"name": "w", "tasks": [{"name": "a", "command": " "}]})

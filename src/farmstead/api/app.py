@@ -2,22 +2,28 @@
 
 import gc
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from farmstead import __version__
 from farmstead.api import errors, local_executor
+from farmstead.api.auth import AuthGuard, permission
 from farmstead.api.middleware import RequestGuard
+from farmstead.api.routes_auth import router as auth_router
 from farmstead.api.routes_fsm import router as fsm_router
 from farmstead.api.routes_instances import router as instances_router
 from farmstead.api.routes_meta import router as meta_router
 from farmstead.api.routes_workflows import router as workflows_router
 from farmstead.db.engine import make_database
+from farmstead.fsm.roles import ALLOWED, Permission
+from farmstead.services.auth import Authenticator
 from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
 from farmstead.settings import Settings
 
@@ -39,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = make_database(settings.database_url, settings.lock_timeout, settings.pool_size)
         app.state.db = db
+        app.state.auth = Authenticator(db, settings.token_cache_seconds)
         try:
             await check_schema(db)
         except SchemaNotReady as exc:
@@ -70,12 +77,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    #: the bearer token of this process's own local executor (known to nothing else)
+    app.state.internal_token = secrets.token_urlsafe(32)
     errors.install(app)
     app.add_middleware(
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )
+    app.add_middleware(AuthGuard, settings=settings, internal_token=app.state.internal_token)
+    if settings.cors_origins:  # outermost: a preflight carries no credentials
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.include_router(meta_router)
     app.include_router(fsm_router, prefix="/v3/fsm", generate_unique_id_function=_unique_id("fsm"))
     app.include_router(
@@ -86,7 +104,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(workflows_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(instances_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    app.include_router(auth_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    _document_permissions(app)
     return app
+
+
+def _document_permissions(app: FastAPI) -> None:
+    """Each operation of the OpenAPI schema says what it needs (`x-permission`, the roles
+    allowed, the bearer or Basic schemes), from the same table the server enforces."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = plain()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic"},
+        }
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                needed = permission(method.upper(), path)
+                roles = sorted(ALLOWED[needed])
+                op["x-permission"] = str(needed)
+                op["x-roles"] = roles
+                if needed is Permission.PUBLIC:
+                    op["security"] = []
+                    continue
+                op["security"] = [{"bearer": []}, {"basic": []}]
+                note = f"Needs the role {', '.join(roles[:-1])} or {roles[-1]}."
+                if needed is Permission.WORK:
+                    note += (
+                        " Without credentials from a trusted network (FARMSTEAD_TRUSTED_NETWORKS)."
+                    )
+                op["description"] = f"{op.get('description', '')}\n\n{note}".strip()
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _log_to_stderr(level: str) -> None:

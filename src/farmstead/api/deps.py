@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from farmstead.db.engine import Database
+from farmstead.services.auth import NOBODY, Principal
 from farmstead.settings import Settings
 
 
@@ -23,3 +24,18 @@ async def _settings(request: Request) -> Settings:
 
 DatabaseDep = Annotated[Database, Depends(_db)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+async def _principal(request: Request) -> Principal:
+    """Who is asking (resolved once per request by api.auth.AuthGuard)."""
+    principal: Principal = request.scope.get("state", {}).get("principal", NOBODY)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def require_instances(request: Request, who: Principal, ti_ids: list[int]) -> None:
+    """403 unless a scoped worker's workflows hold every one of `ti_ids`."""
+    if who.workflows is not None:
+        await request.app.state.auth.require_instances(who, ti_ids)

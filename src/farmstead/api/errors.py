@@ -23,8 +23,10 @@ from farmstead.services.errors import (
     BadRequest,
     Conflict,
     FarmsteadError,
+    Forbidden,
     InvalidTransition,
     NotFound,
+    Unauthorized,
     Unavailable,
 )
 
@@ -35,6 +37,8 @@ STATUS: dict[type[FarmsteadError], int] = {
     InvalidTransition: 409,
     Conflict: 409,
     BadRequest: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
     Unavailable: 503,
 }
 RETRY_AFTER_SECONDS = "2"
@@ -49,9 +53,12 @@ _UNPARSEABLE = "There was an error parsing the body"
 
 #: the error answers every route may give, as the OpenAPI documents them
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No credentials, or unknown/expired/revoked ones"},
+    403: {"model": ErrorOut, "description": "The role or the token's scope does not allow it"},
     404: {"model": ErrorOut, "description": "No such id (or no such route)"},
     409: {"model": ErrorOut, "description": "Invalid transition: the answer has `status`"},
     413: {"model": ErrorOut, "description": "Request body over the size limit"},
+    415: {"model": ErrorOut, "description": "A form or plain-text body: send JSON"},
     422: {"model": ValidationErrorOut, "description": "A value is not acceptable"},
     503: {"model": ErrorOut, "description": "Database busy or down: retry after Retry-After"},
 }
@@ -120,6 +127,8 @@ def domain_answer(
     when it gave any, go to the log only)."""
     code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="farmstead"'
     details = dict(exc.details)
     internal = details.pop("error_detail", None)
     if internal is not None:

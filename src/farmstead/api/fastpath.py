@@ -27,6 +27,7 @@ from farmstead.api import routes_fsm
 from farmstead.api.errors import domain_answer
 from farmstead.bounds import INT32_MAX, INT32_MIN, INT64_MAX
 from farmstead.schemas import LogDone, LogErrorWorkerNode, LogReportBy, LogRunning
+from farmstead.services.auth import NOBODY
 from farmstead.services.errors import FarmsteadError
 
 log = logging.getLogger("farmstead.api")
@@ -38,21 +39,24 @@ _REPORT = re.compile(
 )
 _LOOKUP = re.compile(_PREFIX + rb"/get_array_task_instance_id/(\d{1,19})/(-?\d{1,10})/(-?\d{1,10})")
 
-Handler = Callable[[Any, Any, Any, int], Awaitable[Any]]
+Handler = Callable[[Any, Any, Any, Any, int], Awaitable[Any]]
 
 _REPORTS: dict[bytes, tuple[type[BaseModel], Handler]] = {
     b"log_running": (
         LogRunning,
-        lambda db, settings, body, ti: routes_fsm.log_running(db, settings, body, ti),
+        lambda db, settings, who, body, ti: routes_fsm.log_running(db, settings, who, body, ti),
     ),
     b"log_report_by": (
         LogReportBy,
-        lambda db, _settings, body, ti: routes_fsm.log_report_by(db, body, ti),
+        lambda db, _settings, who, body, ti: routes_fsm.log_report_by(db, who, body, ti),
     ),
-    b"log_done": (LogDone, lambda db, _settings, body, ti: routes_fsm.log_done(db, body, ti)),
+    b"log_done": (
+        LogDone,
+        lambda db, _settings, who, body, ti: routes_fsm.log_done(db, who, body, ti),
+    ),
     b"log_error_worker_node": (
         LogErrorWorkerNode,
-        lambda db, _settings, body, ti: routes_fsm.log_error_worker_node(db, body, ti),
+        lambda db, _settings, who, body, ti: routes_fsm.log_error_worker_node(db, who, body, ti),
     ),
 }
 
@@ -89,8 +93,11 @@ async def handle(scope: Scope, body: bytes, send: Send) -> bool:
         except (orjson.JSONDecodeError, ValidationError):
             return False  # FastAPI words the 422
 
+        # who is asking: api.auth.AuthGuard resolved it (outside this guard)
+        who = scope.get("state", {}).get("principal", NOBODY)
+
         def call(db: Any, settings: Any) -> Awaitable[Any]:
-            return handler(db, settings, parsed, ti)
+            return handler(db, settings, who, parsed, ti)
 
     elif method == "GET":
         match = _LOOKUP.fullmatch(path)

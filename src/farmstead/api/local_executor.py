@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,10 +21,14 @@ from fastapi import FastAPI
 
 from farmstead.client.executor import LocalExecutor
 from farmstead.client.runner import RunnerConfig
+from farmstead.fsm.roles import Role
+from farmstead.services import auth
 from farmstead.services.lifecycle import Background
 from farmstead.settings import Settings
 
 log = logging.getLogger("farmstead.executor")
+#: who makes the executor's worker tokens (in the server process, for its own workers)
+MINTER = auth.Principal("local executor", Role.ADMIN)
 
 
 def _identity(settings: Settings) -> str:
@@ -49,8 +53,9 @@ def build(app: FastAPI, settings: Settings) -> LocalExecutor:
     )
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-        base_url="http://farmstead.local",
+        base_url="http://localhost",
         timeout=60,
+        headers={"Authorization": f"Bearer {app.state.internal_token}"},
     )
     key = _identity(settings)
     state = Path(tempfile.gettempdir()) / f"farmstead-{os.getuid()}-executor-{key}.json"
@@ -63,7 +68,33 @@ def build(app: FastAPI, settings: Settings) -> LocalExecutor:
         state_path=state,
         key=key,
         drain=settings.drain,
+        token_for=_worker_tokens(app) if settings.auth else None,
     )
+
+
+def _worker_tokens(app: FastAPI) -> Callable[[int], Awaitable[str]]:
+    """Worker tokens, one per workflow, for the executor's worker processes (made once each,
+    valid for a week; a worker never holds the operator's token)."""
+    made: dict[int, asyncio.Future[str]] = {}
+
+    async def mint(workflow_id: int) -> str:
+        token, _ = await auth.create_token(
+            app.state.db,
+            MINTER,
+            f"local executor, workflow {workflow_id}",
+            Role.WORKER,
+            workflows=[workflow_id],
+            expires_in=7 * 86400,
+        )
+        return token
+
+    async def token_for(workflow_id: int) -> str:
+        # one token per workflow, also when its instances start at the same moment
+        if workflow_id not in made or (made[workflow_id].done() and made[workflow_id].exception()):
+            made[workflow_id] = asyncio.ensure_future(mint(workflow_id))
+        return await asyncio.shield(made[workflow_id])
+
+    return token_for
 
 
 def start(

@@ -53,13 +53,20 @@ def nesting_exceeds(body: bytes, limit: int) -> bool:
     return b"[]" in brackets or brackets.count(b"[") > limit
 
 
-async def send_error(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    close: bool = False,
+    headers: dict[str, str] | None = None,
+) -> None:
     """Answer with an error body (`close`: and end the connection after it)."""
     raw = orjson.dumps(body)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
+    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
+    head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": raw})
 
 

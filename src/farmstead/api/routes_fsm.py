@@ -2,9 +2,9 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request
 
-from farmstead.api.deps import DatabaseDep, SettingsDep
+from farmstead.api.deps import DatabaseDep, PrincipalDep, SettingsDep, require_instances
 from farmstead.bounds import IDS_MAX, DbId, Int32, JobId, Label
 from farmstead.fsm import TIStatus
 from farmstead.schemas import (
@@ -55,7 +55,11 @@ def _message(out: Outcome, ok: str) -> str:
 
 @router.post("/task_instance/{task_instance_id}/log_running", response_model=LogRunningOut)
 async def log_running(
-    db: DatabaseDep, settings: SettingsDep, body: LogRunning, task_instance_id: TiId
+    db: DatabaseDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    body: LogRunning,
+    task_instance_id: TiId,
 ) -> Any:
     """A worker started the instance: → RUNNING, with a heartbeat deadline."""
     pgid = None if body.process_group_id is None else str(body.process_group_id)
@@ -67,6 +71,7 @@ async def log_running(
             nodename=body.nodename, process_group_id=pgid, distributor_id=body.distributor_id
         ),
         report_increment=body.next_report_increment,
+        reporter=who.reporter,
     )
     t = out.task
     stdout_dir, stderr_dir = _dirs(t.resources)
@@ -89,32 +94,43 @@ async def log_running(
 
 
 @router.post("/task_instance/{task_instance_id}/log_report_by", response_model=StatusOut)
-async def log_report_by(db: DatabaseDep, body: LogReportBy, task_instance_id: TiId) -> Any:
+async def log_report_by(
+    db: DatabaseDep, who: PrincipalDep, body: LogReportBy, task_instance_id: TiId
+) -> Any:
     """A worker's heartbeat: extends the deadline; answers the status (KILL_SELF: stop)."""
     fields = nodes.present(
         distributor_id=body.distributor_id, stdout=body.stdout, stderr=body.stderr
     )
-    status = await nodes.heartbeat(db, task_instance_id, body.next_report_increment, fields)
+    status = await nodes.heartbeat(
+        db, task_instance_id, body.next_report_increment, fields, who.reporter
+    )
     return {"status": status.value}
 
 
 @router.post("/task_instance/log_report_by/batch")
-async def log_report_by_batch(db: DatabaseDep, body: BatchReportBy) -> dict[str, int]:
+async def log_report_by_batch(
+    request: Request, db: DatabaseDep, who: PrincipalDep, body: BatchReportBy
+) -> dict[str, int]:
     """A distributor's heartbeat for many LAUNCHED or RUNNING instances: one statement."""
+    await require_instances(request, who, body.task_instance_ids)
     updated = await nodes.heartbeat_batch(db, body.task_instance_ids, body.next_report_increment)
     return {"updated": updated}
 
 
 @router.post("/task_instance/{task_instance_id}/log_done", response_model=StatusOut)
-async def log_done(db: DatabaseDep, body: LogDone, task_instance_id: TiId) -> Any:
+async def log_done(
+    db: DatabaseDep, who: PrincipalDep, body: LogDone, task_instance_id: TiId
+) -> Any:
     """The command exited 0: → DONE, the task DONE."""
-    out = await transition(db, task_instance_id, TIStatus.DONE, fields=_worker_fields(body))
+    out = await transition(
+        db, task_instance_id, TIStatus.DONE, fields=_worker_fields(body), reporter=who.reporter
+    )
     return {"status": out.status.value}
 
 
 @router.post("/task_instance/{task_instance_id}/log_error_worker_node", response_model=StatusOut)
 async def log_error_worker_node(
-    db: DatabaseDep, body: LogErrorWorkerNode, task_instance_id: TiId
+    db: DatabaseDep, who: PrincipalDep, body: LogErrorWorkerNode, task_instance_id: TiId
 ) -> Any:
     """The command failed: → the error state; the task is retried if it has tries left."""
     out = await transition(
@@ -123,6 +139,7 @@ async def log_error_worker_node(
         TIStatus(body.error_state),
         fields=_worker_fields(body),
         error=body.error_description or f"error state {body.error_state}",
+        reporter=who.reporter,
     )
     return {"status": out.status.value}
 
@@ -199,8 +216,11 @@ async def log_unknown_error(db: DatabaseDep, body: LogKnownError, task_instance_
 
 
 @router.post("/task_instance/instantiate_task_instances", response_model=InstantiateOut)
-async def instantiate_task_instances(db: DatabaseDep, body: Instantiate) -> Any:
+async def instantiate_task_instances(
+    request: Request, db: DatabaseDep, who: PrincipalDep, body: Instantiate
+) -> Any:
     """QUEUED instances → INSTANTIATED; answers them grouped by array batch."""
+    await require_instances(request, who, body.task_instance_ids)
     return {"task_instance_batches": await nodes.instantiate(db, body.task_instance_ids)}
 
 

@@ -2,10 +2,10 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from farmstead.api.deps import DatabaseDep
+from farmstead.api.deps import DatabaseDep, PrincipalDep, require_instances
 from farmstead.schemas import DbId
 from farmstead.services import workflows
 
@@ -30,9 +30,12 @@ class InstanceStatusesOut(BaseModel):
 
 
 @router.post("/task_instances/status", response_model=InstanceStatusesOut)
-async def instance_statuses(db: DatabaseDep, body: StatusQuery) -> Any:
+async def instance_statuses(
+    request: Request, db: DatabaseDep, who: PrincipalDep, body: StatusQuery
+) -> Any:
     """The current status of up to 10,000 instances in one request (unknown ids left out).
 
     The local executor asks this about its running instances every half second and stops a
     command whose instance was cancelled (KILL_SELF) or settled elsewhere."""
+    await require_instances(request, who, body.task_instance_ids)
     return {"data": await workflows.instance_statuses(db, body.task_instance_ids)}

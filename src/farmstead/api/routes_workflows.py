@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from farmstead.api.deps import DatabaseDep, SettingsDep
+from farmstead.api.deps import DatabaseDep, PrincipalDep, SettingsDep
 from farmstead.bounds import Cursor, DbId
 from farmstead.fsm import TaskStatus, WorkflowStatus
 from farmstead.schemas import (
@@ -19,6 +19,7 @@ from farmstead.schemas import (
     WorkflowsOut,
 )
 from farmstead.services import actions, claims, workflows
+from farmstead.services.errors import BadRequest, Forbidden
 
 router = APIRouter(tags=["workflows"])
 WorkflowId = Annotated[DbId, Path(description="workflow id")]
@@ -30,9 +31,11 @@ TaskStatuses = Annotated[
 
 
 @router.post("/workflows", response_model=WorkflowOut, status_code=201)
-async def create_workflow(db: DatabaseDep, settings: SettingsDep, body: WorkflowCreate) -> Any:
+async def create_workflow(
+    db: DatabaseDep, settings: SettingsDep, who: PrincipalDep, body: WorkflowCreate
+) -> Any:
     """Submit a workflow: tasks one by one, or an array of up to 1,000,000 from a template."""
-    return await workflows.submit(db, settings, body)
+    return await workflows.submit(db, settings, body, actor=who)
 
 
 @router.get("/workflows", response_model=WorkflowsOut)
@@ -98,22 +101,35 @@ async def get_task(db: DatabaseDep, task_id: TaskId) -> Any:
 
 
 @router.post("/workflows/{workflow_id}/cancel", response_model=ActionOut)
-async def cancel_workflow(db: DatabaseDep, workflow_id: WorkflowId) -> Any:
+async def cancel_workflow(db: DatabaseDep, who: PrincipalDep, workflow_id: WorkflowId) -> Any:
     """Cancel: queued work → ERROR_FATAL, running work → KILL_SELF (told at its next heartbeat)."""
-    return await actions.cancel(db, workflow_id)
+    return await actions.cancel(db, workflow_id, actor=who)
 
 
 @router.post("/workflows/{workflow_id}/resume", response_model=ActionOut)
 async def resume_workflow(
     db: DatabaseDep,
+    who: PrincipalDep,
     workflow_id: WorkflowId,
     all: Annotated[bool, Query(description="also give unfinished tasks fresh tries")] = False,
 ) -> Any:
     """Resume: ERROR_FATAL tasks get fresh tries and new instances; DONE tasks are left alone."""
-    return await actions.resume(db, workflow_id, everything=all)
+    return await actions.resume(db, workflow_id, everything=all, actor=who)
 
 
 @router.post("/claims", response_model=ClaimsOut)
-async def create_claims(db: DatabaseDep, body: ClaimRequest) -> Any:
-    """Take up to `limit` QUEUED instances to run (they become INSTANTIATED), by priority."""
-    return {"data": await claims.claim(db, body.limit, body.workflow_id)}
+async def create_claims(db: DatabaseDep, who: PrincipalDep, body: ClaimRequest) -> Any:
+    """Take up to `limit` QUEUED instances to run (they become INSTANTIATED), by priority.
+
+    A worker token scoped to one workflow claims from it; scoped to several, it names one."""
+    workflow_id = body.workflow_id
+    if who.workflows is not None:
+        if workflow_id is None and len(who.workflows) == 1:
+            workflow_id = next(iter(who.workflows))
+        elif workflow_id is None:
+            raise BadRequest(
+                "this token is scoped to several workflows: name one", field="workflow_id"
+            )
+        elif not who.may_touch(workflow_id):
+            raise Forbidden("this token may claim only from its own workflows")
+    return {"data": await claims.claim(db, body.limit, workflow_id)}

@@ -26,4 +26,6 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        fail(f"bad setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        fail(f"bad setting {where}: {message}" if where else message)

@@ -9,6 +9,7 @@ Exit codes, the same in every command:
 """
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
@@ -17,6 +18,7 @@ import httpx
 import typer
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from farmstead import credentials
 from farmstead.cli.common import err
 from farmstead.client.api import is_transient, transient_status
 
@@ -109,9 +111,17 @@ class Server:
     url: str
     #: How long to retry when the server is unreachable or answers 5xx (0: fail at once).
     patience: float = 0.0
+    #: FARMSTEAD_TOKEN, else the token `farmstead serve` left for this URL on this machine
+    token: str | None = None
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
+        if self.token is None:
+            self.token = os.environ.get("FARMSTEAD_TOKEN") or credentials.token_for(self.url)
+
+    def delete(self, path: str) -> Any:
+        """DELETE `path`."""
+        return self.call("DELETE", path)
 
     def get(self, path: str, **params: Any) -> Any:
         """GET `path` with query `params` (None values left out)."""
@@ -135,7 +145,11 @@ class Server:
             for attempt in retrying:
                 with attempt:
                     resp = httpx.request(
-                        method, target, timeout=httpx.Timeout(600, connect=10), **kw
+                        method,
+                        target,
+                        timeout=httpx.Timeout(600, connect=10),
+                        headers=self._headers(),
+                        **kw,
                     )
                     if transient_status(resp.status_code):
                         resp.raise_for_status()
@@ -156,12 +170,22 @@ class Server:
         lines = problems(body)
         if lines is None:
             _not_farmstead(self.url, resp)
+        if resp.status_code == 401:
+            fail_lines(
+                lines,
+                EXIT_NO,
+                hint="set FARMSTEAD_TOKEN to a token of this server (on the server's machine the "
+                f"CLI finds the one `farmstead serve` wrote in {credentials.default_path()})",
+            )
         if resp.status_code >= 500:
             fail_lines(
                 [f"the server failed (HTTP {resp.status_code}): {lines[0]}", *lines[1:]],
                 EXIT_UNKNOWN,
             )
         fail_lines(lines, EXIT_UNKNOWN if resp.status_code == 404 else EXIT_NO)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def expect(self, body: Any, *keys: str) -> dict[str, Any]:
         """`body` if it is an object with `keys`; else exit: the server is not farmstead."""

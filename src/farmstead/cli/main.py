@@ -2,7 +2,7 @@
 
 import typer
 
-from farmstead.cli import db, serve, status, submit, tasks, worker, workflows
+from farmstead.cli import access, db, serve, status, submit, tasks, worker, workflows
 
 app = typer.Typer(
     name="farmstead",
@@ -18,6 +18,8 @@ app.add_typer(workflows.app, name="workflows")
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(db.app, name="db")
 app.add_typer(worker.app, name="worker")
+app.add_typer(access.users, name="users")
+app.add_typer(access.tokens, name="tokens")
 
 if __name__ == "__main__":
     app()

@@ -1,11 +1,13 @@
 """`farmstead serve`: run the HTTP server (and its reconciler and local executor)."""
 
 import asyncio
+import json
 import os
 from typing import Annotated
 
 import typer
 
+from farmstead import credentials
 from farmstead.cli import preflight
 from farmstead.cli.common import err, fail, load_settings
 from farmstead.settings import DEFAULT_DATABASE_URL, Settings
@@ -19,6 +21,7 @@ def _prepare_database(settings: Settings, upgrade_command: str) -> None:
     Every problem is one line and exit 2."""
     from farmstead.db.engine import make_database
     from farmstead.db.migrate import upgrade
+    from farmstead.services.auth import bootstrap_admin
     from farmstead.services.lifecycle import SchemaNotReady, check_schema
 
     url = settings.database_url
@@ -32,19 +35,53 @@ def _prepare_database(settings: Settings, upgrade_command: str) -> None:
             preflight.discard_sqlite(path)  # no half-made file to trip the next start
             fail(f"cannot create the database {path}: {preflight.reason(exc)}", code=2)
 
-    async def check() -> None:
+    async def check() -> tuple[str | None, bool]:
         db = make_database(url)
         try:
             await check_schema(db, upgrade_command)
+            if not settings.auth:
+                return None, False
+            held = sorted(set(credentials.read(settings.credentials_file).values()))
+            return await bootstrap_admin(db, held)
         finally:
             await db.dispose()
 
     try:
-        asyncio.run(check())
+        token, new = asyncio.run(check())
     except SchemaNotReady as exc:
         fail(str(exc), code=2)
     except Exception as exc:
         fail(f"cannot reach the database {preflight.shown(url)}: {preflight.reason(exc)}", code=2)
+    if settings.auth:
+        _announce(settings, token, new)
+
+
+def _announce(settings: Settings, token: str | None, new: bool) -> None:
+    """Where the admin token is (written for this server's local URLs), or how to get one."""
+    if token is None:
+        err.print(
+            "auth is on; this database has admins already and this machine holds none of their "
+            "tokens: set FARMSTEAD_TOKEN (an admin makes one: farmstead tokens create)",
+            markup=False,
+        )
+        return
+    urls = credentials.local_urls(settings.host, settings.port)
+    path = credentials.store(urls, token, settings.credentials_file)
+    what = "a new admin token" if new else "the admin token"
+    err.print(
+        f"auth is on: {what} is in {path} (readable by you only); the farmstead CLI on this "
+        f"machine uses it for {urls[0]}; other clients send it as Authorization: Bearer <token>",
+        markup=False,
+    )
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    """The settings as FARMSTEAD_* variables, for the server processes uvicorn starts."""
+    out = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            out[f"FARMSTEAD_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
 
 
 def serve(
@@ -69,6 +106,13 @@ def serve(
         float | None,
         typer.Option(help="seconds a stopped local task has after SIGTERM before SIGKILL"),
     ] = None,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="require tokens (default); --no-auth only on a loopback address",
+        ),
+    ] = None,
 ) -> None:
     """Run the server. A new SQLite file is migrated on first start."""
     import uvicorn
@@ -81,6 +125,7 @@ def serve(
         local_workers=local_workers,
         drain=drain,
         shutdown_grace=shutdown_grace,
+        auth=auth,
     )
     # the port first: a server that cannot listen must not create or migrate a database
     preflight.check_port(settings.host, settings.port)
@@ -89,8 +134,7 @@ def serve(
     )
     _prepare_database(settings, hint)
     # Worker processes build their own app from the environment: pass the settings along.
-    for key, value in settings.model_dump().items():
-        os.environ[f"FARMSTEAD_{key.upper()}"] = str(value)
+    os.environ.update(_environment(settings))
     uvicorn.run(
         "farmstead.api.app:app_from_env",
         factory=True,

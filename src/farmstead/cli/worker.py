@@ -68,7 +68,8 @@ def run(
     config = RunnerConfig(heartbeat_interval=heartbeat_interval, report_increment=report_increment)
 
     async def go() -> int:
-        api = Api(server_url, retry_limit=300)
+        # a worker token scoped to its workflow, given by whoever launched this worker
+        api = Api(server_url, retry_limit=300, token=os.environ.get("FARMSTEAD_TOKEN"))
         try:
             ti = task_instance_id
             if ti is None:

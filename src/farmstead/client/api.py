@@ -47,13 +47,16 @@ class Api:
         retry_limit: float = 300.0,
         timeout: float = 30.0,
         client: httpx.AsyncClient | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_limit = retry_limit
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         self.client = client or httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            headers=headers,
         )
 
     async def aclose(self) -> None:

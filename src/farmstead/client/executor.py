@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ STOP_IN = frozenset("KDEUZWFX")
 #: on two status checks in a row (so a worker that has just reported is left to exit)
 STOP_AT_ONCE = frozenset("K")
 SHUTDOWN = "server shutting down"
+TOKEN_ENV = "FARMSTEAD_TOKEN"
 
 
 class LocalExecutor:
@@ -58,6 +59,7 @@ class LocalExecutor:
         key: str = "",
         drain: bool = False,
         status_interval: float = 0.5,
+        token_for: Callable[[int], Awaitable[str]] | None = None,
     ) -> None:
         self.server_url = server_url
         self.slots = slots
@@ -71,6 +73,8 @@ class LocalExecutor:
         self.key = key
         self.drain = drain
         self.status_interval = status_interval
+        #: a worker token scoped to a workflow, for the worker processes of subprocess mode
+        self.token_for = token_for
         #: set (e.g. by a second Ctrl-C) to end a drain: running commands are stopped
         self.abort_drain = asyncio.Event()
         self.running: dict[int, asyncio.Task[None]] = {}
@@ -121,7 +125,7 @@ class LocalExecutor:
             return False
         for item in claimed:
             ti_id = int(item["task_instance_id"])
-            task = asyncio.create_task(self._one(api, runner, ti_id))
+            task = asyncio.create_task(self._one(api, runner, ti_id, int(item["workflow_id"])))
             self.running[ti_id] = task
             task.add_done_callback(self._forget(ti_id))
         return bool(claimed) and len(self.running) < self.slots
@@ -235,14 +239,14 @@ class LocalExecutor:
         except (ServerUnavailable, ClientError) as exc:
             log.error("could not report task instance %s: %s", ti_id, exc)
 
-    async def _one(self, api: Api, runner: Runner, ti_id: int) -> None:
+    async def _one(self, api: Api, runner: Runner, ti_id: int, workflow_id: int) -> None:
         distributor_id = f"local:{self.host}:{os.getpid()}:{ti_id}"
         try:
             await api.log_distributor_id(ti_id, distributor_id, self.config.report_increment)
             if self.mode == "coroutine":
                 await runner.run(ti_id, distributor_id)
             else:
-                await self._subprocess(api, ti_id, distributor_id)
+                await self._subprocess(api, ti_id, workflow_id, distributor_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -252,9 +256,15 @@ class LocalExecutor:
             except (ServerUnavailable, ClientError) as report_exc:
                 log.error("could not report the failure of %s: %s", ti_id, report_exc)
 
-    async def _subprocess(self, api: Api, ti_id: int, distributor_id: str) -> None:
+    async def _subprocess(
+        self, api: Api, ti_id: int, workflow_id: int, distributor_id: str
+    ) -> None:
         cfg = self.config
-        env = {**os.environ, **cfg.env, TI_ENV: str(ti_id)}
+        # a worker holds a token for its own workflow only, never the operator's
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        env |= {**cfg.env, TI_ENV: str(ti_id)}
+        if self.token_for is not None:
+            env[TOKEN_ENV] = await self.token_for(workflow_id)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -151,6 +151,9 @@ class TaskInstance(Base):
     stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
     stdout_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     stderr_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the worker identity that started it (log_running): only it (or an operator) may report
+    #: for it while it runs
+    reporter: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 # a workflow's instances by status; its QUEUED ones in claim order
@@ -207,3 +210,34 @@ class Cluster(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     cluster_type_name: Mapped[str] = mapped_column(String(255))
     connection_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class User(Base):
+    """Someone who may use the server, with a role (fsm.roles); a password only if they sign in
+    with one (an argon2 hash), else they use tokens."""
+
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A bearer token: only its SHA-256 is stored (a token is 256 random bits: a slow hash
+    adds nothing). A worker token may be scoped to some workflows."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    #: the workflows a worker token may act on; null: any
+    workflow_ids: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TaskStatus, TIStatus, task_path
+from farmstead.services.auth import SYSTEM, Principal, audit
 from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.errors import NotFound
 from farmstead.services.uow import in_transaction
@@ -25,19 +26,20 @@ async def _require(db: Database, workflow_id: int) -> None:
         raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
 
 
-async def cancel(db: Database, workflow_id: int) -> dict[str, Any]:
+async def cancel(db: Database, workflow_id: int, actor: Principal = SYSTEM) -> dict[str, Any]:
     """Queued and instantiated instances → ERROR_FATAL; launched and running → KILL_SELF."""
     await _require(db, workflow_id)
+    audit("cancel", actor, workflow_id=workflow_id)
     # From now on no task of the workflow is retried, whatever races this cancel.
     await in_transaction(db, lambda c: wf_store.mark_cancelled(c, workflow_id))
     total = BulkResult()
     # Repeat until a whole pass moves nothing: a retry a racing report queued is caught too.
-    while await _cancel_round(db, workflow_id, total):
+    while await _cancel_round(db, workflow_id, total, actor.name):
         pass
     return {"workflow_id": workflow_id, "changed": total.moved, "total": total.total}
 
 
-async def _cancel_round(db: Database, workflow_id: int, total: BulkResult) -> int:
+async def _cancel_round(db: Database, workflow_id: int, total: BulkResult, by: str) -> int:
     """One pass over every cancellable instance; how many moved."""
     before = total.total
     for statuses, to in (
@@ -45,7 +47,7 @@ async def _cancel_round(db: Database, workflow_id: int, total: BulkResult) -> in
         (["O", "R", "T"], TIStatus.KILL_SELF),
     ):
         while True:
-            chunk = partial(_cancel_chunk, workflow_id=workflow_id, statuses=statuses, to=to)
+            chunk = partial(_cancel_chunk, workflow_id=workflow_id, statuses=statuses, to=to, by=by)
             found, moved = await in_transaction(db, chunk)
             total.add(moved)
             if found < CHUNK or not moved.total:
@@ -54,7 +56,7 @@ async def _cancel_round(db: Database, workflow_id: int, total: BulkResult) -> in
 
 
 async def _cancel_chunk(
-    conn: Conn, workflow_id: int, statuses: list[str], to: TIStatus
+    conn: Conn, workflow_id: int, statuses: list[str], to: TIStatus, by: str
 ) -> tuple[int, BulkResult]:
     # Wait for locked rows (up to the lock timeout) rather than skip them: an
     # instance in the middle of a transition must not escape the cancel. Waiting,
@@ -69,22 +71,25 @@ async def _cancel_chunk(
         conn,
         cands,
         to,
-        error="cancelled by an operator",
-        details={"by": "operator", "action": "cancel"},
+        error=f"cancelled by {by}",
+        details={"by": by, "action": "cancel"},
     )
     if moved.total:
         await wf_store.record_event(
-            conn, workflow_id, "R", {"action": "cancel", "moved": moved.moved}
+            conn, workflow_id, "R", {"action": "cancel", "moved": moved.moved, "by": by}
         )
     return len(cands), moved
 
 
-async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, Any]:
+async def resume(
+    db: Database, workflow_id: int, everything: bool, actor: Principal = SYSTEM
+) -> dict[str, Any]:
     """ERROR_FATAL tasks get fresh tries and a new QUEUED instance; DONE tasks stay DONE.
 
     With `everything`, unfinished tasks that still have a live instance get fresh tries too.
     """
     await _require(db, workflow_id)
+    audit("resume", actor, workflow_id=workflow_id, all=everything)
     path = task_path(T.ERROR_FATAL, T.QUEUED)
     assert path is not None, "the task table must let an operator resume ERROR_FATAL"
     changed: Counter[str] = Counter()
@@ -103,7 +108,7 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
                     t.id,
                     prev.value,
                     nxt.value,
-                    {"by": "operator", "action": "resume"},
+                    {"by": actor.name, "action": "resume"},
                 )
                 for t in tasks
                 for prev, nxt in zip((T.ERROR_FATAL, *path[:-1]), path, strict=True)
@@ -115,7 +120,7 @@ async def resume(db: Database, workflow_id: int, everything: bool) -> dict[str, 
                     i,
                     None,
                     "Q",
-                    {"by": "operator", "action": "resume"},
+                    {"by": actor.name, "action": "resume"},
                 )
                 for i in ids
             ]

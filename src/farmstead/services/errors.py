@@ -28,3 +28,11 @@ class BadRequest(FarmsteadError):
 
 class Unavailable(FarmsteadError):
     """The database is down or a lock could not be had in time: retry later."""
+
+
+class Unauthorized(FarmsteadError):
+    """No credentials, or credentials that are unknown, expired or revoked."""
+
+
+class Forbidden(FarmsteadError):
+    """The credentials are good but their role or scope does not allow this."""

@@ -9,7 +9,7 @@ from farmstead.db.types import db_now
 from farmstead.fsm import TIStatus
 from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.errors import BadRequest, NotFound
-from farmstead.services.transitions import Outcome, transition, transition_in
+from farmstead.services.transitions import Outcome, check_reporter, transition, transition_in
 from farmstead.services.uow import in_transaction
 from farmstead.store import bulk as bulk_store
 from farmstead.store import instances as store
@@ -23,22 +23,31 @@ def present(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-async def heartbeat(db: Database, ti_id: int, increment: float, fields: dict[str, Any]) -> TIStatus:
+async def heartbeat(
+    db: Database,
+    ti_id: int,
+    increment: float,
+    fields: dict[str, Any],
+    reporter: str | None = None,
+) -> TIStatus:
     """A worker's heartbeat: one guarded UPDATE, on its own (no transaction around it, no
     other lock). When it finds the instance not RUNNING: its status, and a TRIAGING instance
-    is rescued to RUNNING by a transition."""
+    is rescued to RUNNING by a transition. Another worker's heartbeat (`reporter`) for a
+    running instance is Forbidden."""
     beat = await in_transaction(
-        db, lambda c: store.heartbeat(c, ti_id, increment, fields), single=True
+        db, lambda c: store.heartbeat(c, ti_id, increment, fields, reporter), single=True
     )
     if beat:
         return TIStatus.RUNNING
 
     async def work(conn: Conn) -> TIStatus:
-        if await store.heartbeat(conn, ti_id, increment, fields):  # rescued meanwhile
+        if await store.heartbeat(conn, ti_id, increment, fields, reporter):  # rescued meanwhile
             return TIStatus.RUNNING
-        status = await store.status_of(conn, ti_id)
-        if status is None:
+        found = await store.owner_of(conn, ti_id)
+        if found is None:
             raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
+        status, owner = found
+        check_reporter(ti_id, status, owner, reporter)
         if status != TIStatus.TRIAGING:
             return TIStatus(status)
         outcome = await transition_in(
@@ -48,6 +57,7 @@ async def heartbeat(db: Database, ti_id: int, increment: float, fields: dict[str
             fields=fields,
             report_increment=increment,
             details={"via": "heartbeat"},
+            reporter=reporter,
         )
         return outcome.status
 

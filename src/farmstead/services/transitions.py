@@ -6,11 +6,25 @@ from typing import Any
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import Invalid, Same, TIStatus, Untimely
 from farmstead.services.bulk import apply_bulk, decide_for
-from farmstead.services.errors import InvalidTransition, NotFound
+from farmstead.services.errors import Forbidden, InvalidTransition, NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.store import instances as store
 from farmstead.store.bulk import Candidate
 from farmstead.store.rows import TaskRow
+
+#: statuses in which an instance belongs to the worker that started it
+OWNED = frozenset({"R", "T", "K"})
+
+
+def check_reporter(ti_id: int, status: str, owner: str | None, reporter: str | None) -> None:
+    """Forbidden if another worker identity than the one that started a running instance
+    reports for it."""
+    if reporter is not None and owner is not None and owner != reporter and status in OWNED:
+        raise Forbidden(
+            f"task instance {ti_id} is run by another worker; only it (or an operator) may "
+            "report for it",
+            task_instance_id=ti_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -34,8 +48,12 @@ async def transition(
     report_increment: float | None = None,
     error: str | None = None,
     details: dict[str, Any] | None = None,
+    reporter: str | None = None,
 ) -> Outcome:
-    """Apply `requested` to instance `ti_id` in one transaction, or say why not."""
+    """Apply `requested` to instance `ti_id` in one transaction, or say why not.
+
+    `reporter`: the worker identity of a worker-node report; once the instance runs, only
+    the identity that started it may report for it (None: anyone, e.g. an operator)."""
 
     async def work(conn: Conn) -> Outcome:
         return await transition_in(
@@ -46,6 +64,7 @@ async def transition(
             report_increment=report_increment,
             error=error,
             details=details,
+            reporter=reporter,
         )
 
     return await in_transaction(db, work)
@@ -60,6 +79,7 @@ async def transition_in(
     report_increment: float | None = None,
     error: str | None = None,
     details: dict[str, Any] | None = None,
+    reporter: str | None = None,
 ) -> Outcome:
     """`transition` inside a transaction the caller opened.
 
@@ -70,6 +90,9 @@ async def transition_in(
     if pair is None:
         raise NotFound(f"task instance {ti_id} not found", task_instance_id=ti_id)
     ti, task = pair
+    check_reporter(ti_id, ti.status, ti.reporter, reporter)
+    if reporter is not None and requested == TIStatus.RUNNING:
+        fields = {**(fields or {}), "reporter": reporter}
     decision = decide_for(
         ti.status, task.status, requested, task.tries, task.max_attempts, task.cancelled
     )

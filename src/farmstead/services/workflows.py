@@ -6,6 +6,7 @@ from typing import Any
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import workflow_status
 from farmstead.schemas import WorkflowCreate
+from farmstead.services.auth import SYSTEM, Principal, audit
 from farmstead.services.errors import BadRequest, NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
@@ -15,7 +16,9 @@ from farmstead.store import workflows as store
 ANALYZE_AFTER = 10_000
 
 
-async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[str, Any]:
+async def submit(
+    db: Database, settings: Settings, req: WorkflowCreate, actor: Principal = SYSTEM
+) -> dict[str, Any]:
     """Create a workflow, its tasks (all QUEUED) and each task's first QUEUED instance."""
     if req.size > settings.max_tasks_per_request:
         raise BadRequest(
@@ -48,7 +51,10 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
             await store.insert_listed_tasks(conn, wf_id, array_id, tasks)
             created = await store.insert_first_instances(conn, array_id, batch_size)
         await store.record_event(
-            conn, wf_id, "R", {"submitted_tasks": created, "array_id": array_id}
+            conn,
+            wf_id,
+            "R",
+            {"submitted_tasks": created, "array_id": array_id, "by": actor.name},
         )
         row = await store.workflow_row(conn, wf_id)  # array_ids included, as every read has
         assert row is not None
@@ -56,6 +62,7 @@ async def submit(db: Database, settings: Settings, req: WorkflowCreate) -> dict[
         return _summary(row, {"Q": created})
 
     summary = await in_transaction(db, work)
+    audit("submit", actor, workflow_id=summary["id"], tasks=req.size, name=req.name)
     if req.size >= ANALYZE_AFTER:
         await in_transaction(db, store.refresh_statistics)
     return summary

@@ -22,6 +22,7 @@ def _lock_pair() -> Any:
             TI.c.array_id,
             TI.c.status,
             TI.c.resources,
+            TI.c.reporter,
             TASK.c.id,
             TASK.c.workflow_id,
             TASK.c.array_id,
@@ -51,21 +52,26 @@ async def lock_pair(conn: Conn, ti_id: int) -> tuple[InstanceRow, TaskRow] | Non
     row = (await conn.run(prepared, {"ti_id": ti_id})).first()
     if row is None:
         return None
-    return InstanceRow(*row[:6]), TaskRow(*row[6:])
+    return InstanceRow(*row[:7]), TaskRow(*row[7:])
 
 
 _HEARTBEAT_FIELDS = ("distributor_id", "stdout", "stderr")
 
 
-async def heartbeat(conn: Conn, ti_id: int, increment: float, fields: dict[str, Any]) -> bool:
+async def heartbeat(
+    conn: Conn, ti_id: int, increment: float, fields: dict[str, Any], reporter: str | None = None
+) -> bool:
     """Extend a RUNNING instance's deadline (one guarded UPDATE, locking only that row, in a
-    transaction that holds no other lock); False if it is not RUNNING."""
+    transaction that holds no other lock); False if it is not RUNNING (or, with `reporter`,
+    was started by another worker)."""
     sent = tuple(k for k in _HEARTBEAT_FIELDS if k in fields)
+    guarded = reporter is not None
 
     def build() -> Any:
+        owner = TI.c.reporter.is_(None) | (TI.c.reporter == bindparam("reporter"))
         return (
             update(TI)
-            .where(TI.c.id == bindparam("ti_id"), TI.c.status == "R")
+            .where(TI.c.id == bindparam("ti_id"), TI.c.status == "R", *([owner] if guarded else []))
             .values(
                 report_by_date=seconds_from_now(bindparam("increment", type_=Float())),
                 last_report_date=db_now(),
@@ -74,8 +80,10 @@ async def heartbeat(conn: Conn, ti_id: int, increment: float, fields: dict[str, 
             .returning(TI.c.id)
         )
 
-    prepared = prepare(dialect(conn), ("heartbeat", sent), build)
+    prepared = prepare(dialect(conn), ("heartbeat", sent, guarded), build)
     params = {"ti_id": ti_id, "increment": increment, **{f"v_{k}": fields[k] for k in sent}}
+    if guarded:
+        params["reporter"] = reporter
     return (await conn.run(prepared, params)).first() is not None
 
 
@@ -97,6 +105,13 @@ async def heartbeat_batch(conn: Conn, ids: Sequence[int], increment: float) -> i
 
 def _status_of() -> Any:
     return select(TI.c.status).where(TI.c.id == bindparam("ti_id"))
+
+
+async def owner_of(conn: Conn, ti_id: int) -> tuple[str, str | None] | None:
+    """(status, reporter) of an instance, or None if there is no such instance."""
+    stmt = select(TI.c.status, TI.c.reporter).where(TI.c.id == ti_id)
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else (str(row[0]), row[1])
 
 
 async def status_of(conn: Conn, ti_id: int) -> str | None:

@@ -15,6 +15,7 @@ class InstanceRow:
     array_id: int
     status: str
     resources: dict[str, Any] | None
+    reporter: str | None = None  # the worker identity that started it
 
 
 @dataclass(frozen=True)
