@@ -155,11 +155,11 @@ class AuthGuard:
         needed = permission(scope["method"], path)
         if not self.enabled:
             return NOBODY
+        if needed is P.PUBLIC:  # credentials are not even looked at (a probe's stale token)
+            return NOBODY_PUBLIC
         auth: Authenticator = scope["app"].state.auth
         principal = await self._credentials(auth, headers.get(b"authorization"))
         if principal is None:
-            if needed is P.PUBLIC:
-                return NOBODY_PUBLIC
             if needed is P.WORK and self._trusted(scope):
                 host = scope["client"][0]
                 return Principal(f"trusted network {host}", Role.WORKER, identity=f"host {host}")
