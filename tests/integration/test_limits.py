@@ -61,7 +61,7 @@ def _raw_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
 def test_413_from_content_length_before_the_body_is_sent(server: Any) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(
-            f"POST {BATCH} HTTP/1.1\r\nHost: farmstead\r\nContent-Type: application/json\r\n"
+            f"POST {BATCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {50 * MiB}\r\n\r\n".encode()
         )
         status, _headers, body = _raw_response(sock)  # not one byte of the body was sent
@@ -195,7 +195,7 @@ def test_a_500_says_connection_close(db_url: str, tmp_path: Path) -> None:
 
         wait_for(up, 30, "the server with a failing route")
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(b"GET /boom HTTP/1.1\r\nHost: farmstead\r\n\r\n")
+            sock.sendall(b"GET /boom HTTP/1.1\r\nHost: localhost\r\n\r\n")
             status, headers, body = _raw_response(sock)
             assert status.split()[1] == "500", status
             assert headers.get("connection") == "close", headers
