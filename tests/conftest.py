@@ -30,7 +30,15 @@ PG_ADMIN_URL = os.environ.get(
     "FARMSTEAD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
-TABLES = ["event", "task_instance_error_log", "task_instance", "task", "array", "workflow"]
+TABLES = [
+    "event",
+    "task_instance_error_log",
+    "task_instance_deadline",
+    "task_instance",
+    "task",
+    "array",
+    "workflow",
+]
 
 
 def _pg_reachable() -> bool:
