@@ -56,6 +56,13 @@ async def seed(url: str, healthy: int, expired: int) -> None:
                 f"(SELECT id FROM workflow WHERE name = 'expired') THEN {past} ELSE {future} END"
             )
         )
+        # a RUNNING instance's live deadline is its row in task_instance_deadline (0004)
+        await conn.execute(
+            text(
+                "INSERT INTO task_instance_deadline (task_instance_id, report_by_date) "
+                "SELECT id, report_by_date FROM task_instance WHERE status = 'R'"
+            )
+        )
         if url.startswith("postgresql"):
             await conn.execute(text("ANALYZE"))
     await db.dispose()

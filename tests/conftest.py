@@ -31,8 +31,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = [
-    "api_token", "app_user",
-    "event", "task_instance_error_log", "task_instance", "task", "array", "workflow",
+    "api_token",
+    "app_user",
+    "event",
+    "task_instance_error_log",
+    "task_instance_deadline",
+    "task_instance",
+    "task",
+    "array",
+    "workflow",
 ]
 
 

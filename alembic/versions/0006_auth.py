@@ -8,7 +8,7 @@
   operator, may report for it while it runs).
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-03 17:40:00
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 import farmstead.db.types
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

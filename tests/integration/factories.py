@@ -18,6 +18,7 @@ from farmstead.db.engine import Database
 from farmstead.db.models import Task, TaskInstance
 from farmstead.db.types import db_now
 from farmstead.settings import Settings
+from farmstead.store.sql import report_by, with_deadline
 
 FSM = "/v3/fsm"
 PREFIXES = ["/v3/fsm", "/api/v3"]
@@ -86,12 +87,19 @@ async def submit(
 
 
 async def submit_array(
-    client: httpx.AsyncClient, first: int, last: int, *, command: str = "run {i}",
-    name: str = "a{i}", **extra: Any,
+    client: httpx.AsyncClient,
+    first: int,
+    last: int,
+    *,
+    command: str = "run {i}",
+    name: str = "a{i}",
+    **extra: Any,
 ) -> dict[str, Any]:
     """Submit a workflow of one array over first..last."""
-    body = {"name": "arr", "array": {"command": command, "first": first, "last": last,
-                                     "name": name}} | extra
+    body = {
+        "name": "arr",
+        "array": {"command": command, "first": first, "last": last, "name": name},
+    } | extra
     return await ok(client.post("/v3/workflows", json=body), 201)  # type: ignore[no-any-return]
 
 
@@ -100,8 +108,9 @@ async def task_ids(client: httpx.AsyncClient, wf_id: int) -> list[int]:
     ids: list[int] = []
     after = 0
     while True:
-        page = await ok(client.get(f"/v3/workflows/{wf_id}/tasks",
-                                   params={"limit": 10_000, "after_id": after}))
+        page = await ok(
+            client.get(f"/v3/workflows/{wf_id}/tasks", params={"limit": 10_000, "after_id": after})
+        )
         if not page["data"]:
             return ids
         ids += [t["id"] for t in page["data"]]
@@ -127,47 +136,68 @@ async def events(client: httpx.AsyncClient, wf_id: int) -> list[dict[str, Any]]:
 
 async def instantiate(client: httpx.AsyncClient, ids: list[int], prefix: str = FSM) -> Any:
     """POST instantiate_task_instances; returns the batches."""
-    body = await ok(client.post(f"{prefix}/task_instance/instantiate_task_instances",
-                                json={"task_instance_ids": ids}))
+    body = await ok(
+        client.post(
+            f"{prefix}/task_instance/instantiate_task_instances", json={"task_instance_ids": ids}
+        )
+    )
     return body["task_instance_batches"]
 
 
-async def launch(client: httpx.AsyncClient, ti_id: int, prefix: str = FSM,
-                 distributor_id: str = "job1", inc: float = INC) -> Any:
+async def launch(
+    client: httpx.AsyncClient,
+    ti_id: int,
+    prefix: str = FSM,
+    distributor_id: str = "job1",
+    inc: float = INC,
+) -> Any:
     """POST log_distributor_id (I -> O)."""
-    return await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_distributor_id",
-                                json={"distributor_id": distributor_id,
-                                      "next_report_increment": inc}))
+    return await ok(
+        client.post(
+            f"{prefix}/task_instance/{ti_id}/log_distributor_id",
+            json={"distributor_id": distributor_id, "next_report_increment": inc},
+        )
+    )
 
 
-async def running(client: httpx.AsyncClient, ti_id: int, prefix: str = FSM,
-                  inc: float = INC, **extra: Any) -> list[Any]:
+async def running(
+    client: httpx.AsyncClient, ti_id: int, prefix: str = FSM, inc: float = INC, **extra: Any
+) -> list[Any]:
     """POST log_running; returns the task_instance 9-tuple."""
     body = {"process_group_id": 42, "next_report_increment": inc} | extra
-    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_running", json=body))
-            )["task_instance"]
+    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_running", json=body)))[
+        "task_instance"
+    ]
 
 
-async def heartbeat(client: httpx.AsyncClient, ti_id: int, inc: float = INC,
-                    prefix: str = FSM, **extra: Any) -> str:
+async def heartbeat(
+    client: httpx.AsyncClient, ti_id: int, inc: float = INC, prefix: str = FSM, **extra: Any
+) -> str:
     """POST log_report_by; returns the status."""
     body = {"next_report_increment": inc} | extra
-    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_report_by", json=body))
-            )["status"]
+    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_report_by", json=body)))[
+        "status"
+    ]
 
 
 async def done(client: httpx.AsyncClient, ti_id: int, prefix: str = FSM, **extra: Any) -> str:
     """POST log_done; returns the status."""
-    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_done", json=extra))
-            )["status"]
+    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_done", json=extra)))["status"]
 
 
-async def error(client: httpx.AsyncClient, ti_id: int, state: str = "E",
-                description: str = "boom", prefix: str = FSM, **extra: Any) -> str:
+async def error(
+    client: httpx.AsyncClient,
+    ti_id: int,
+    state: str = "E",
+    description: str = "boom",
+    prefix: str = FSM,
+    **extra: Any,
+) -> str:
     """POST log_error_worker_node; returns the status."""
     body = {"error_state": state, "error_description": description} | extra
-    return (await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_error_worker_node",
-                                 json=body)))["status"]
+    return (
+        await ok(client.post(f"{prefix}/task_instance/{ti_id}/log_error_worker_node", json=body))
+    )["status"]
 
 
 async def to_running(client: httpx.AsyncClient, ti_id: int, **extra: Any) -> None:
@@ -177,8 +207,9 @@ async def to_running(client: httpx.AsyncClient, ti_id: int, **extra: Any) -> Non
     assert (await running(client, ti_id, **extra))[1] == "R"
 
 
-async def running_task(client: httpx.AsyncClient, **submit_extra: Any) -> tuple[dict[str, Any],
-                                                                                  int, int]:
+async def running_task(
+    client: httpx.AsyncClient, **submit_extra: Any
+) -> tuple[dict[str, Any], int, int]:
     """A one-task workflow whose instance is RUNNING: (workflow, task id, instance id)."""
     wf = await submit(client, 1, **submit_extra)
     task_id = wf["task_ids"][0]
@@ -211,7 +242,10 @@ async def sql_exec(db: Database, sql: str, **params: Any) -> int:
 async def ti_row(db: Database, ti_id: int) -> dict[str, Any]:
     """A task instance's row (typed: datetimes and JSON decoded)."""
     async with db.read_engine.connect() as conn:
-        row = (await conn.execute(select(TI).where(TI.c.id == ti_id))).mappings().first()
+        # the live deadline while it has one (store.deadlines), as every reader shows it
+        record = [c for c in TI.c if c.name not in ("report_by_date", "last_report_date")]
+        stmt = select(*record, *report_by()).select_from(with_deadline()).where(TI.c.id == ti_id)
+        row = (await conn.execute(stmt)).mappings().first()
     assert row is not None, f"no task instance {ti_id}"
     return dict(row)
 
@@ -226,14 +260,36 @@ async def task_row(db: Database, task_id: int) -> dict[str, Any]:
 
 async def set_ti_status(db: Database, ti_id: int, status: str) -> None:
     """Put an instance in `status` directly (the reconciler does not exist yet)."""
-    assert await sql_exec(db, "UPDATE task_instance SET status = :s WHERE id = :i",
-                          s=status, i=ti_id) == 1
+    assert (
+        await sql_exec(db, "UPDATE task_instance SET status = :s WHERE id = :i", s=status, i=ti_id)
+        == 1
+    )
+    # its deadline row comes or goes with it, as a move would keep it (store.deadlines)
+    if status in ("O", "R"):
+        await sql_exec(
+            db,
+            "INSERT INTO task_instance_deadline (task_instance_id, report_by_date, "
+            "last_report_date) SELECT id, report_by_date, last_report_date FROM task_instance "
+            "WHERE id = :i AND id NOT IN (SELECT task_instance_id FROM task_instance_deadline)",
+            i=ti_id,
+        )
+    else:
+        for column in ("report_by_date", "last_report_date"):
+            await sql_exec(
+                db,
+                f"UPDATE task_instance SET {column} = coalesce((SELECT d.{column} FROM "
+                f"task_instance_deadline d WHERE d.task_instance_id = :i), {column}) "
+                "WHERE id = :i",
+                i=ti_id,
+            )
+        await sql_exec(
+            db, "DELETE FROM task_instance_deadline WHERE task_instance_id = :i", i=ti_id
+        )
 
 
 async def set_task_status(db: Database, task_id: int, status: str) -> None:
     """Put a task in `status` directly (test setup)."""
-    assert await sql_exec(db, "UPDATE task SET status = :s WHERE id = :i",
-                          s=status, i=task_id) == 1
+    assert await sql_exec(db, "UPDATE task SET status = :s WHERE id = :i", s=status, i=task_id) == 1
 
 
 async def written(db: Database, ti_id: int) -> dict[str, Any]:
@@ -243,8 +299,8 @@ async def written(db: Database, ti_id: int) -> dict[str, Any]:
         "ti": ti,
         "task": await task_row(db, ti["task_id"]),
         "errors": await sql_scalar(
-            db, "SELECT count(*) FROM task_instance_error_log WHERE task_instance_id = :i",
-            i=ti_id),
+            db, "SELECT count(*) FROM task_instance_error_log WHERE task_instance_id = :i", i=ti_id
+        ),
         "events": await sql_scalar(db, "SELECT count(*) FROM event"),
         "instances": await sql_scalar(db, "SELECT count(*) FROM task_instance"),
     }
@@ -252,8 +308,11 @@ async def written(db: Database, ti_id: int) -> dict[str, Any]:
 
 async def error_log_count(db: Database, ti_id: int) -> int:
     """How many error-log rows an instance has."""
-    return int(await sql_scalar(
-        db, "SELECT count(*) FROM task_instance_error_log WHERE task_instance_id = :i", i=ti_id))
+    return int(
+        await sql_scalar(
+            db, "SELECT count(*) FROM task_instance_error_log WHERE task_instance_id = :i", i=ti_id
+        )
+    )
 
 
 async def instances_of(db: Database, task_id: int) -> list[dict[str, Any]]:

@@ -240,7 +240,7 @@ async def test_an_invalid_transition_is_409_with_the_current_status(
 
 
 class HeldLock:
-    """Another client holding a lock: the instance's row (PostgreSQL) or the write lock (SQLite)."""
+    """Another client holding a lock: the instance's rows (PostgreSQL), SQLite's write lock."""
 
     def __init__(self, db_url: str, ti_id: int) -> None:
         self.db_url = db_url
@@ -257,6 +257,10 @@ class HeldLock:
             await self.conn.begin()
             await self.conn.execute(
                 text("SELECT id FROM task_instance WHERE id = :i FOR UPDATE"), {"i": self.ti_id})
+            # and its deadline row, if it has one: a heartbeat writes only that row
+            await self.conn.execute(
+                text("SELECT 1 FROM task_instance_deadline WHERE task_instance_id = :i "
+                     "FOR UPDATE"), {"i": self.ti_id})
         return self
 
     async def __aexit__(self, *exc: object) -> None:

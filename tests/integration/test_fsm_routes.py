@@ -9,6 +9,7 @@ from factories import (
     FSM,
     INC,
     PREFIXES,
+    done,
     error,
     events,
     heartbeat,
@@ -31,6 +32,7 @@ from factories import (
 
 from farmstead.db.engine import Database
 from farmstead.fsm import tables_as_json
+from helpers import assert_consistent
 
 API = "/api/v3"  # the mount Jobmon's own clients use
 BOTH = pytest.mark.parametrize("prefix", PREFIXES)
@@ -116,6 +118,26 @@ async def test_log_report_by_batch_extends_launched_and_running_only(
     empty = await ok(client.post(f"{prefix}/task_instance/log_report_by/batch",
                                  json={"next_report_increment": 10, "task_instance_ids": []}))
     assert empty == {"updated": 0}
+
+
+async def test_a_finished_instance_keeps_the_deadline_its_last_heartbeat_set(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    wf = await submit(client, 2)
+    tis = [await live_ti(client, t) for t in wf["task_ids"]]
+    await instantiate(client, tis)
+    for ti_id in tis:
+        await launch(client, ti_id, inc=5)
+    await running(client, tis[0], inc=5)
+    await ok(client.post(f"{FSM}/task_instance/log_report_by/batch",
+                         json={"next_report_increment": 1000, "task_instance_ids": tis}))
+    extended = {ti_id: (await ti_row(db, ti_id))["report_by_date"] for ti_id in tis}
+    assert await done(client, tis[0]) == "D"
+    for ti_id in tis:  # the deadline as the heartbeat left it: a record, or still live
+        assert (await ti_row(db, ti_id))["report_by_date"] == extended[ti_id]
+    live = await sql_scalar(db, "SELECT task_instance_id FROM task_instance_deadline")
+    assert live == tis[1]  # only the LAUNCHED one still has a deadline row
+    await assert_consistent(db)
 
 
 async def test_log_done_finishes_instance_and_task(

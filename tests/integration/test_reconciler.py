@@ -370,11 +370,12 @@ async def test_sweeping_twice_moves_nothing_the_second_time_across_chunks(
     for ti in launched:
         await launch(client, ti, inc=SHORT)
     await asyncio.sleep(PAST)
-    chunked = {"reconciler_chunk": 2, "triage_grace": 0.2}
+    # a grace well beyond two sweeps' time on a loaded machine (a chunked sweep takes ~0.2 s)
+    chunked = {"reconciler_chunk": 2, "triage_grace": 1.0}
 
     assert await sweep(db, db_url, **chunked) == {"T": 5, "X": 3, "E": 3}
     assert await sweep(db, db_url, **chunked) == {}
-    await asyncio.sleep(PAST)
+    await asyncio.sleep(1.05)
     assert await sweep(db, db_url, **chunked) == {"U": 5}
     assert await sweep(db, db_url, **chunked) == {}
 

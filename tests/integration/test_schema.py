@@ -75,3 +75,56 @@ def test_the_claim_order_migration_goes_down_and_up_and_copies_priorities(db_url
     rows = asyncio.run(_sql(db_url, "SELECT id, priority FROM task_instance ORDER BY id"))
     assert [tuple(r) for r in rows] == [(1, 7), (2, 0)]
     assert _diff(db_url) == []
+
+
+_ROWS = (
+    "INSERT INTO workflow (id, name, created_date, retry_delay) "
+    "VALUES (1, 'w', CURRENT_TIMESTAMP, 0)",
+    'INSERT INTO "array" (id, workflow_id, name, max_concurrently_running, '
+    "last_batch_num, created_date) VALUES (1, 1, 'a', 10, 1, CURRENT_TIMESTAMP)",
+    "INSERT INTO task (id, workflow_id, array_id, name, command, status, "
+    "status_date, num_attempts, max_attempts) VALUES "
+    "(1, 1, 1, 't1', 'true', 'R', CURRENT_TIMESTAMP, 1, 3), "
+    "(2, 1, 1, 't2', 'true', 'O', CURRENT_TIMESTAMP, 1, 3), "
+    "(3, 1, 1, 't3', 'true', 'D', CURRENT_TIMESTAMP, 1, 3)",
+    "INSERT INTO task_instance (id, task_id, workflow_id, array_id, array_batch_num, "
+    "array_step_id, status, status_date, report_by_date, last_report_date) VALUES "
+    "(1, 1, 1, 1, 1, 0, 'R', CURRENT_TIMESTAMP, '2030-01-01 00:00:01', '2029-12-31 00:00:00'), "
+    "(2, 2, 1, 1, 1, 1, 'O', CURRENT_TIMESTAMP, '2030-01-01 00:00:02', NULL), "
+    "(3, 3, 1, 1, 1, 2, 'D', CURRENT_TIMESTAMP, '2030-01-01 00:00:03', NULL)",
+)
+
+
+def test_the_deadline_migration_moves_live_deadlines_out_and_back(db_url: str) -> None:
+    cfg = alembic_config(db_url)
+    command.downgrade(cfg, "0003")
+    try:
+        asyncio.run(_sql(db_url, *_ROWS))
+    finally:
+        command.upgrade(cfg, "head")
+    live = asyncio.run(
+        _sql(
+            db_url,
+            "SELECT task_instance_id, report_by_date IS NOT NULL, last_report_date IS NOT NULL "
+            "FROM task_instance_deadline ORDER BY task_instance_id",
+        )
+    )
+    # the LAUNCHED and RUNNING instances have a deadline row, with what they held; none else
+    assert [tuple(r) for r in live] == [(1, True, True), (2, True, False)]
+    asyncio.run(
+        _sql(
+            db_url,
+            "UPDATE task_instance_deadline SET report_by_date = '2031-01-01 00:00:00' "
+            "WHERE task_instance_id = 1",
+        )
+    )
+    command.downgrade(cfg, "0003")
+    try:
+        back = asyncio.run(
+            _sql(db_url, "SELECT id, report_by_date FROM task_instance ORDER BY id")
+        )
+    finally:
+        command.upgrade(cfg, "head")
+    # a live deadline goes back to its instance (a heartbeat had moved it on)
+    assert [str(r[1])[:4] for r in back] == ["2031", "2030", "2030"]
+    assert _diff(db_url) == []

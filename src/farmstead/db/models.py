@@ -105,7 +105,6 @@ class TaskInstance(Base):
 
     __tablename__ = "task_instance"
     __table_args__ = (
-        Index("ix_task_instance_status_report_by_date", "status", "report_by_date"),
         Index("ix_task_instance_status_status_date", "status", "status_date"),
         Index(
             "uq_task_instance_array_batch_step",
@@ -134,6 +133,8 @@ class TaskInstance(Base):
     #: a copy of the task's priority (set at submission, never changed): the claim order
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     submitted_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the heartbeat deadline and the last report as they were when the instance last left
+    #: LAUNCHED or RUNNING; while it is in one of those, TaskInstanceDeadline holds the live ones
     report_by_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: when the instance last reported (running, heartbeat): named when it expires
     last_report_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -172,6 +173,25 @@ Index(
     sqlite_where=text("status = 'Q'"),
     postgresql_where=text("status = 'Q'"),
 )
+
+
+class TaskInstanceDeadline(Base):
+    """The heartbeat deadline of an instance in a status that has one (LAUNCHED, RUNNING).
+
+    A row exists exactly while its instance is in such a status: every move that enters one
+    inserts it, every move that leaves copies it back to the instance and deletes it, in the
+    same transaction. A heartbeat then rewrites this narrow row and its two index entries,
+    not the wide instance row and the entries of all its indexes; the reconciler finds
+    expired deadlines through `ix_task_instance_deadline_report_by_date`.
+    """
+
+    __tablename__ = "task_instance_deadline"
+    __table_args__ = (Index("ix_task_instance_deadline_report_by_date", "report_by_date"),)
+    task_instance_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("task_instance.id"), primary_key=True, autoincrement=False
+    )
+    report_by_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_report_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TaskInstanceErrorLog(Base):

@@ -10,9 +10,10 @@ from farmstead.db.engine import Conn
 from farmstead.db.types import db_now, seconds_from_now
 from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide, retry_resources
 from farmstead.store import bulk as store
+from farmstead.store import deadlines
 from farmstead.store.bulk import Candidate
 from farmstead.store.rows import EventRow
-from farmstead.store.sql import insert_events
+from farmstead.store.sql import DEADLINE_STATUSES, insert_events
 
 ERROR_LOGGED = frozenset({"E", "U", "Z", "W", "F"})
 
@@ -81,13 +82,19 @@ async def apply_bulk(
     events: list[EventRow] = []
     retries: list[tuple[Candidate, bool]] = []  # (member, adjust its resources)
     info = dict(details or {})
+    changes = {move: _deadline_change(move, report_increment) for move in groups}
+    held = [c.ti_id for m, ms in groups.items() if changes[m] in ("leave", "renew") for c in ms]
+    if len(held) > 1:  # wait for their deadline rows once, in id order (store.deadlines)
+        await deadlines.lock(conn, held)
     for move, members in groups.items():
         ids = [c.ti_id for c in members]
         values = dict(fields or {})
-        if report_increment is not None and move.ti_to in (TIStatus.LAUNCHED, TIStatus.RUNNING):
-            values["report_by_date"] = seconds_from_now(report_increment)
-            values["last_report_date"] = db_now()
-        await store.set_instances(conn, ids, move.ti_to.value, values)
+        change = changes[move]
+        if change is None:
+            await store.set_instances(conn, ids, move.ti_to.value, values)
+        else:  # its deadline row comes, goes or moves on, in the same statement if it can
+            values |= {"status": move.ti_to.value, "status_date": db_now()}
+            await deadlines.move(conn, ids, values, change, report_increment)
         note = {**info, "requested": requested.value} if requested != move.ti_to else info
         why = {c.ti_id: (errors or {}).get(c.ti_id) or error for c in members}
         for c in members:
@@ -114,6 +121,17 @@ async def apply_bulk(
         result.retried += await _queue_retries(conn, retries, events)
     await insert_events(conn, events)
     return result
+
+
+def _deadline_change(move: Apply, increment: float | None) -> deadlines.Change | None:
+    """What a move does to its instances' deadline rows (store.deadlines), if anything."""
+    into = move.ti_to.value in DEADLINE_STATUSES
+    was = move.ti_from.value in DEADLINE_STATUSES
+    if into and not was:
+        return "enter_bare" if increment is None else "enter"
+    if was and not into:
+        return "leave"
+    return "renew" if into and increment is not None else None
 
 
 async def _move_tasks(

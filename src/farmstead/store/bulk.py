@@ -23,6 +23,7 @@ from farmstead.db.types import db_now, seconds_from_now
 from farmstead.store.locks import in_lock_order, instances_by_id, lock_tasks
 from farmstead.store.sql import (
     ARRAY,
+    DEADLINE,
     ERRLOG,
     PLUS_ONE,
     TASK,
@@ -31,7 +32,9 @@ from farmstead.store.sql import (
     dialect,
     id_in,
     id_pairs,
+    report_by,
     update_by_ids,
+    with_deadline,
 )
 
 
@@ -65,11 +68,24 @@ class Sweep:
 
     where: ColumnElement[bool]
     order: ColumnElement[Any]
+    #: the rule reads the deadline rows (store.deadlines): joined, and locked with the rows
+    deadline: bool = False
 
 
 def _candidates(
     where: ColumnElement[bool] | Sweep, limit: int | None, skip_locked: bool, by_priority: bool
 ) -> Any:
+    joined: Any = TI.join(TASK, TASK.c.id == TI.c.task_id).join(
+        WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id
+    )
+    locked = [TI, TASK]
+    report_by_date, last_report_date = report_by()
+    if isinstance(where, Sweep) and where.deadline:
+        # the deadline rows too: a heartbeat that extended one meanwhile (or holds it) wins
+        joined = joined.join(DEADLINE, DEADLINE.c.task_instance_id == TI.c.id)
+        locked.append(DEADLINE)
+    else:
+        joined = with_deadline(joined)
     if isinstance(where, Sweep):  # exactly the index's order, so the LIMIT can stop the scan
         where, order = where.where, [where.order]
     else:
@@ -92,14 +108,13 @@ def _candidates(
             TASK.c.resource_scales,
             WORKFLOW.c.retry_delay,
             WORKFLOW.c.cancelled_date.is_not(None),
-            TI.c.report_by_date,
-            TI.c.last_report_date,
+            report_by_date,
+            last_report_date,
         )
-        .join(TASK, TASK.c.id == TI.c.task_id)
-        .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
+        .select_from(joined)
         .where(where)
         .order_by(*order)
-        .with_for_update(of=[TI, TASK], skip_locked=skip_locked)
+        .with_for_update(of=locked, skip_locked=skip_locked)
     )
     return stmt.limit(limit) if limit else stmt
 
@@ -176,20 +191,27 @@ def of_workflow(workflow_id: int, statuses: Sequence[str]) -> Any:
     return and_(TI.c.workflow_id == workflow_id, TI.c.status.in_(statuses))
 
 
+def _status_of_found(status: str) -> ColumnElement[bool]:
+    """`status = …` that no index can serve (`status || ''`): a deadline sweep must walk the
+    deadline index and look each instance up, not read every instance of the status (the
+    planners otherwise may, and the cost then follows the healthy instances)."""
+    return TI.c.status.concat(literal_column("''")) == status
+
+
 def deadline_passed(status: str) -> Sweep:
     """Instances in `status` whose heartbeat deadline has passed (database clock)."""
-    where = and_(TI.c.status == status, TI.c.report_by_date <= db_now())
-    return Sweep(where, TI.c.report_by_date)
+    where = and_(_status_of_found(status), DEADLINE.c.report_by_date <= db_now())
+    return Sweep(where, DEADLINE.c.report_by_date, deadline=True)
 
 
 def launched_silent(min_age: float) -> Sweep:
     """LAUNCHED instances past their deadline that were launched at least `min_age` ago."""
     where = and_(
-        TI.c.status == "O",
-        TI.c.report_by_date <= db_now(),
+        _status_of_found("O"),
+        DEADLINE.c.report_by_date <= db_now(),
         TI.c.status_date <= seconds_from_now(-min_age),
     )
-    return Sweep(where, TI.c.report_by_date)
+    return Sweep(where, DEADLINE.c.report_by_date, deadline=True)
 
 
 def in_status_for(status: str, seconds: float) -> Sweep:

@@ -44,6 +44,12 @@ CHECKS: dict[str, tuple[str, str]] = {
         "WHERE status = 'D' GROUP BY task_id) d ON d.task_id = t.id "
         "WHERE (t.status = 'D') != (coalesce(d.n, 0) = 1) OR coalesce(d.n, 0) > 1",
     ),
+    "deadline_mismatch": (
+        "an instance LAUNCHED or RUNNING without a deadline row, or one in another status with one",
+        "SELECT ti.id FROM task_instance ti LEFT JOIN task_instance_deadline d "
+        "ON d.task_instance_id = ti.id "
+        "WHERE (ti.status IN ('O', 'R')) != (d.task_instance_id IS NOT NULL)",
+    ),
     "instance_event_mismatch": (
         "an instance whose last event does not end in its status (or a moved one with none)",
         "SELECT ti.id FROM task_instance ti LEFT JOIN (SELECT entity_id, max(id) AS mid "

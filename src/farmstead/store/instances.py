@@ -3,14 +3,24 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Float, and_, bindparam, select, update
+from sqlalchemy import Float, bindparam, exists, select, update
 
 from farmstead.db.engine import Conn
 from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now, seconds_from_now
-from farmstead.store.locks import in_lock_order
 from farmstead.store.rows import InstanceRow, TaskRow
-from farmstead.store.sql import ERRLOG, TASK, TI, WORKFLOW, dialect, id_in
+from farmstead.store.sql import (
+    DEADLINE,
+    ERRLOG,
+    TASK,
+    TI,
+    WORKFLOW,
+    dialect,
+    ids_placeholder,
+    ids_value,
+    report_by,
+    with_deadline,
+)
 
 
 def _lock_pair() -> Any:
@@ -56,51 +66,94 @@ async def lock_pair(conn: Conn, ti_id: int) -> tuple[InstanceRow, TaskRow] | Non
 
 
 _HEARTBEAT_FIELDS = ("distributor_id", "stdout", "stderr")
+_DL_ID = DEADLINE.c.task_instance_id
+
+
+def _new_deadline() -> dict[str, Any]:
+    return {
+        "report_by_date": seconds_from_now(bindparam("increment", type_=Float())),
+        "last_report_date": db_now(),
+    }
+
+
+def _heartbeat(sent: tuple[str, ...], name: str, guarded: bool = False) -> Any:
+    running: tuple[Any, ...] = (TI.c.id == bindparam("ti_id"), TI.c.status == "R")
+    if guarded:  # only the worker that started it (store.instances.owner_of)
+        running += (TI.c.reporter.is_(None) | (TI.c.reporter == bindparam("reporter")),)
+    if not sent:  # the deadline row only, if the instance is RUNNING (no lock on the instance)
+        return (
+            update(DEADLINE)
+            .where(bindparam("ti_id") == _DL_ID, exists().where(*running))
+            .values(_new_deadline())
+            .returning(_DL_ID)
+        )
+    # the instance first, then its deadline row: the lock order (store.deadlines)
+    ti = (
+        update(TI)
+        .where(*running)
+        .values({k: bindparam(f"v_{k}", type_=TI.c[k].type) for k in sent})
+        .returning(TI.c.id)
+    )
+    if name != "postgresql":
+        return ti
+    mine = ti.cte("mine")
+    return (
+        update(DEADLINE)
+        .where(_DL_ID.in_(select(mine.c.id)))
+        .values(_new_deadline())
+        .returning(_DL_ID)
+    )
 
 
 async def heartbeat(
     conn: Conn, ti_id: int, increment: float, fields: dict[str, Any], reporter: str | None = None
 ) -> bool:
-    """Extend a RUNNING instance's deadline (one guarded UPDATE, locking only that row, in a
-    transaction that holds no other lock); False if it is not RUNNING (or, with `reporter`,
-    was started by another worker)."""
+    """Extend a RUNNING instance's deadline; False if it is not RUNNING (or, with `reporter`,
+    was started by another worker).
+
+    With no other field sent: one guarded UPDATE of its deadline row, which locks no instance.
+    With fields (written to the instance): one statement on PostgreSQL, which updates the
+    instance, then its deadline row; on SQLite two (the caller opened a transaction).
+    """
     sent = tuple(k for k in _HEARTBEAT_FIELDS if k in fields)
+    name = dialect(conn)
     guarded = reporter is not None
-
-    def build() -> Any:
-        owner = TI.c.reporter.is_(None) | (TI.c.reporter == bindparam("reporter"))
-        return (
-            update(TI)
-            .where(TI.c.id == bindparam("ti_id"), TI.c.status == "R", *([owner] if guarded else []))
-            .values(
-                report_by_date=seconds_from_now(bindparam("increment", type_=Float())),
-                last_report_date=db_now(),
-                **{k: bindparam(f"v_{k}", type_=TI.c[k].type) for k in sent},
-            )
-            .returning(TI.c.id)
-        )
-
-    prepared = prepare(dialect(conn), ("heartbeat", sent, guarded), build)
+    prepared = prepare(name, ("heartbeat", sent, guarded), lambda: _heartbeat(sent, name, guarded))
     params = {"ti_id": ti_id, "increment": increment, **{f"v_{k}": fields[k] for k in sent}}
     if guarded:
         params["reporter"] = reporter
-    return (await conn.run(prepared, params)).first() is not None
+    beat = (await conn.run(prepared, params)).first() is not None
+    if beat and sent and name != "postgresql":
+        again = prepare(name, ("heartbeat", (), guarded), lambda: _heartbeat((), name, guarded))
+        beat = (await conn.run(again, params)).first() is not None
+    return beat
 
 
-async def heartbeat_batch(conn: Conn, ids: Sequence[int], increment: float) -> int:
+def heartbeat_has_fields(fields: dict[str, Any]) -> bool:
+    """Whether `heartbeat` writes fields to the instance (two statements on SQLite)."""
+    return any(k in fields for k in _HEARTBEAT_FIELDS)
+
+
+def _heartbeat_batch(name: str, ordered: bool) -> Any:
+    mine = ids_placeholder(_DL_ID, name)
+    if ordered and name == "postgresql":
+        locked = select(_DL_ID).where(mine).order_by(_DL_ID).with_for_update().subquery("locked")
+        mine = locked.c[0] == _DL_ID
+    return update(DEADLINE).where(mine).values(_new_deadline())
+
+
+async def heartbeat_batch(conn: Conn, ids: Sequence[int], increment: float, ordered: bool) -> int:
     """Extend the deadline of every LAUNCHED or RUNNING instance in `ids`: one statement.
 
-    The rows are locked in id order first (store.locks), as every other writer locks them.
+    Those are exactly the instances with a deadline row (store.deadlines), so it reads and
+    writes the narrow deadline rows only. `ordered` (PostgreSQL): lock them in id order first
+    (store.locks), as a move of many instances waits for them; unordered, the caller must not
+    wait for a lock long (`locks.wait_briefly`), as it may take them in any order.
     """
-    live = and_(id_in(TI.c.id, ids, dialect(conn)), TI.c.status.in_(("O", "R")))
-    stmt = (
-        update(TI)
-        .where(in_lock_order(conn, TI.c.id, live))
-        .values(report_by_date=seconds_from_now(increment), last_report_date=db_now())
-        .execution_options(synchronize_session=False)
-    )
-    result = await conn.execute(stmt)
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    name = dialect(conn)
+    prepared = prepare(name, ("heartbeat_batch", ordered), lambda: _heartbeat_batch(name, ordered))
+    params = {"ids": ids_value(ids, name), "increment": increment}
+    return (await conn.run(prepared, params)).rowcount
 
 
 def _status_of() -> Any:
@@ -167,8 +220,11 @@ async def error_log(conn: Conn, ti_id: int) -> list[tuple[int, Any, str]]:
 
 async def heartbeat_is_fresh(conn: Conn, ti_id: int) -> bool | None:
     """Whether the instance's deadline is still ahead (None: no such instance)."""
-    stmt = select(TI.c.report_by_date.is_not(None) & (TI.c.report_by_date > db_now())).where(
-        TI.c.id == ti_id
+    deadline = report_by()[0]
+    stmt = (
+        select(deadline.is_not(None) & (deadline > db_now()))
+        .select_from(with_deadline())
+        .where(TI.c.id == ti_id)
     )
     row = (await conn.execute(stmt)).first()
     return None if row is None else bool(row[0])

@@ -2,7 +2,9 @@
 
 Every transaction that may WAIT for a row lock takes its locks in this order:
 
-1. task instances, by id;
+1. task instances, by id (then the deadline rows of those it moves, by id: a mover holds an
+   instance's row before it touches that instance's deadline row, and the batch heartbeat,
+   which locks no instance, takes deadline rows in id order; store.deadlines);
 2. tasks, by id;
 3. arrays, by id (retries and resumes reserve batch numbers on their array's row).
 
@@ -21,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 
 from farmstead.db.engine import Conn
-from farmstead.store.sql import TASK, TI, WORKFLOW, dialect, id_in
+from farmstead.store.sql import TASK, TI, WORKFLOW, dialect, id_in, report_by, with_deadline
 
 
 def in_lock_order(
@@ -40,6 +42,17 @@ def in_lock_order(
         return where
     locked = select(column).where(where).order_by(column).with_for_update().subquery("locked")
     return column == locked.c[0]
+
+
+async def wait_briefly(conn: Conn, seconds: float) -> None:
+    """In this transaction, give up on a lock not granted within `seconds` (PostgreSQL: an
+    error, lock_not_available): for a statement that may take its locks in any order, so it
+    leaves any wait cycle long before PostgreSQL looks for deadlocks (deadlock_timeout, 1 s
+    by default) and the other transactions in it go on."""
+    if dialect(conn) == "postgresql":
+        await conn.execute(
+            select(func.set_config("lock_timeout", f"{int(seconds * 1000)}ms", True))
+        )
 
 
 @dataclass(frozen=True)
@@ -84,12 +97,19 @@ INSTANCE_COLUMNS = (
     TI.c.workflow_id,
     TI.c.array_id,
     TI.c.resources,
-    TI.c.report_by_date,
-    TI.c.last_report_date,
 )
 
 
 def instances_by_id(where: ColumnElement[bool], limit: int | None) -> Any:
-    """Lock the instances matching `where` (instance columns only) in id order; read them."""
-    stmt = select(*INSTANCE_COLUMNS).where(where).order_by(TI.c.id).with_for_update()
+    """Lock the instances matching `where` (instance columns only) in id order; read them.
+
+    Their deadline rows are read, not locked: a move waits for them later (store.deadlines).
+    """
+    stmt = (
+        select(*INSTANCE_COLUMNS, *report_by())
+        .select_from(with_deadline())
+        .where(where)
+        .order_by(TI.c.id)
+        .with_for_update(of=TI)
+    )
     return stmt.limit(limit) if limit else stmt

@@ -4,13 +4,31 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, ColumnElement, Float, Table, bindparam, func, select, update
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Float,
+    Table,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import BigInteger, Integer, Text
 
 from farmstead.db.engine import Conn
-from farmstead.db.models import Array, Event, Task, TaskInstance, TaskInstanceErrorLog, Workflow
+from farmstead.db.models import (
+    Array,
+    Event,
+    Task,
+    TaskInstance,
+    TaskInstanceDeadline,
+    TaskInstanceErrorLog,
+    Workflow,
+)
 from farmstead.db.prepared import prepare
 from farmstead.db.types import after_seconds, db_after, db_now, seconds_from_now
 
@@ -20,6 +38,25 @@ EVENT = cast(Table, Event.__table__)
 ERRLOG = cast(Table, TaskInstanceErrorLog.__table__)
 ARRAY = cast(Table, Array.__table__)
 WORKFLOW = cast(Table, Workflow.__table__)
+DEADLINE = cast(Table, TaskInstanceDeadline.__table__)
+#: the statuses whose instances have a heartbeat deadline (a DEADLINE row)
+DEADLINE_STATUSES = frozenset({"O", "R"})
+
+
+def with_deadline(table: Any = TI) -> Any:
+    """`table` (the instances, or a join starting with them) outer-joined to their live
+    deadline rows: read the deadline columns through `report_by()`."""
+    return table.outerjoin(DEADLINE, DEADLINE.c.task_instance_id == TI.c.id)
+
+
+def report_by() -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """An instance's deadline and last report: the live ones while it has a deadline row,
+    else those recorded when it last left LAUNCHED or RUNNING (needs `with_deadline`)."""
+    live = DEADLINE.c.task_instance_id.is_not(None)
+    return tuple(  # type: ignore[return-value]
+        case((live, DEADLINE.c[name]), else_=TI.c[name]).label(name)
+        for name in ("report_by_date", "last_report_date")
+    )
 
 
 def dialect(conn: Conn) -> str:
@@ -29,7 +66,7 @@ def dialect(conn: Conn) -> str:
 
 def id_in(column: ColumnElement[Any], ids: Sequence[int], dialect_name: str) -> ColumnElement[bool]:
     """`column IN ids` as one bound parameter, whatever the number of ids."""
-    return _ids_placeholder(column, dialect_name, ids_value(ids, dialect_name))
+    return ids_placeholder(column, dialect_name, ids_value(ids, dialect_name))
 
 
 def ids_value(ids: Sequence[int], dialect_name: str) -> Any:
@@ -39,7 +76,7 @@ def ids_value(ids: Sequence[int], dialect_name: str) -> Any:
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
 
-def _ids_placeholder(
+def ids_placeholder(
     column: ColumnElement[Any], dialect_name: str, value: Any = None
 ) -> ColumnElement[bool]:
     if dialect_name == "postgresql":
@@ -79,6 +116,27 @@ def _placeholder(table: Table, name: str, kind: str) -> Any:
     return bindparam(f"v_{name}", type_=table.c[name].type)
 
 
+def set_values(values: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], dict[str, Any]]:
+    """How each of `values` is prepared (`set_placeholders`), and the parameters they take.
+
+    Every value must be preparable: a plain value, the clock, the clock plus seconds, +1."""
+    kinds = tuple((k, _kind(v)) for k, v in values.items())
+    if any(kind is None for _, kind in kinds):
+        raise ValueError(f"not a preparable value among {sorted(values)}")
+    params: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, db_after):
+            params[f"v_{k}"] = after_seconds(v)
+        elif not isinstance(v, ClauseElement) and v is not PLUS_ONE:
+            params[f"v_{k}"] = v
+    return cast(tuple[tuple[str, str], ...], kinds), params
+
+
+def set_placeholders(table: Table, kinds: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The SET clause of `set_values`' kinds, with named placeholders."""
+    return {k: _placeholder(table, k, kind) for k, kind in kinds}
+
+
 def _as_sql(table: Table, name: str, value: Any) -> Any:
     return table.c[name] + 1 if value is PLUS_ONE else value
 
@@ -104,7 +162,7 @@ async def update_by_ids(
     one = len(ids) == 1
 
     def build() -> Any:
-        where = table.c.id == bindparam("row_id") if one else _ids_placeholder(table.c.id, name)
+        where = table.c.id == bindparam("row_id") if one else ids_placeholder(table.c.id, name)
         sets = {k: _placeholder(table, k, kind) for k, kind in kinds if kind}
         return update(table).where(where).values(sets)
 

@@ -17,7 +17,18 @@ from sqlalchemy import (
 
 from farmstead.db.engine import Conn
 from farmstead.db.types import JSONType, db_now
-from farmstead.store.sql import ARRAY, ERRLOG, EVENT, TASK, TI, WORKFLOW, dialect, id_in
+from farmstead.store.sql import (
+    ARRAY,
+    ERRLOG,
+    EVENT,
+    TASK,
+    TI,
+    WORKFLOW,
+    dialect,
+    id_in,
+    report_by,
+    with_deadline,
+)
 
 
 async def create_workflow(conn: Conn, name: str, retry_delay: float) -> int:
@@ -372,11 +383,14 @@ async def task_detail(conn: Conn, task_id: int) -> dict[str, Any] | None:
     task = (await conn.execute(select(TASK).where(TASK.c.id == task_id))).mappings().first()
     if task is None:
         return None
-    instances = (
-        (await conn.execute(select(TI).where(TI.c.task_id == task_id).order_by(TI.c.id)))
-        .mappings()
-        .all()
+    record = [c for c in TI.c if c.name not in ("report_by_date", "last_report_date")]
+    stmt = (
+        select(*record, *report_by())
+        .select_from(with_deadline())
+        .where(TI.c.task_id == task_id)
+        .order_by(TI.c.id)
     )
+    instances = (await conn.execute(stmt)).mappings().all()
     return {**dict(task), "instances": [dict(i) for i in instances]}
 
 
