@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import orjson
@@ -378,9 +377,12 @@ async def bootstrap_admin(db: Database, known: list[str]) -> tuple[str | None, b
     a usable admin token of this database is kept. Else, on a database where nobody can
     administer, a new admin token is made. Else (admins exist, and this machine holds none of
     their tokens): (None, False)."""
-    for token in known:
-        row = await in_transaction(db, partial(store.use_token, token_hash=hash_token(token)))
-        if row is not None and row["role"] == Role.ADMIN:
+    by_hash = {hash_token(t): t for t in known}
+    usable = await in_transaction(
+        db, lambda c: store.usable_admin_hashes(c, list(by_hash)), write=False
+    )
+    for key, token in by_hash.items():
+        if key in usable:
             return token, False
     if await in_transaction(db, store.has_admin, write=False):
         return None, False

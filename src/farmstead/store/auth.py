@@ -48,6 +48,16 @@ async def use_token(conn: Conn, token_hash: str) -> dict[str, Any] | None:
     return await token_view(conn, int(row.id))
 
 
+async def usable_admin_hashes(conn: Conn, hashes: list[str]) -> set[str]:
+    """Which of `hashes` are usable admin tokens: one statement, whatever their number."""
+    if not hashes:
+        return set()
+    stmt = select(TOKEN.c.token_hash).where(
+        TOKEN.c.token_hash.in_(hashes), TOKEN.c.role == "admin", _usable()
+    )
+    return {str(h) for h in (await conn.execute(stmt)).scalars()}
+
+
 async def token_view(conn: Conn, token_id: int) -> dict[str, Any] | None:
     """A token's columns (never its hash) with its owner's name."""
     stmt = (
