@@ -31,6 +31,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = [
+    "taskfarm_worker",
     "api_token",
     "app_user",
     "event",

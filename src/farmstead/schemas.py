@@ -271,6 +271,9 @@ class WorkflowOut(BaseModel):
     retry_delay: float
     cancelled_date: datetime | None = None
     array_ids: list[int] = []
+    uuid: str | None = Field(
+        None, description="a taskfarm run's uuid: its tasks are claimed through /api only"
+    )
 
 
 class WorkflowsOut(BaseModel):

@@ -127,6 +127,15 @@ PINNED = {
     ("GET", "/v3/users"): "admin",
     ("POST", "/v3/users"): "admin",
     ("GET", "/v3/tokens"): "admin",
+    ("POST", "/api/run"): "operate",
+    ("POST", "/api/runs/{uuid}/restart"): "operate",
+    ("DELETE", "/api/runs/{uuid}"): "operate",
+    ("GET", "/api/runs"): "read_or_work",
+    ("GET", "/api/runs/{uuid}"): "read_or_work",
+    ("GET", "/api/token"): "read_or_work",
+    ("POST", "/api/runs/{uuid}/task"): "work",
+    ("PUT", "/api/runs/{uuid}/tasks/{n}"): "work",
+    ("POST", "/api/worker"): "work",
 }
 WHO = ["admin", "operator", "viewer", "worker", "worker_b"]
 ROLE_OF = {"worker_b": "worker"}
@@ -148,6 +157,8 @@ def _fill(farm: Farm, path: str) -> str:
         "cluster_name": "local",
         "token_id": 999_999,
         "name": "nobody",
+        "uuid": "0123456789abcdef0123456789abcdef",  # no such taskfarm run: 404 once let in
+        "n": 0,
     }
     return re.sub(r"\{(\w+)\}", lambda m: str(values[m[1]]), path)
 

@@ -101,14 +101,14 @@ EXPECTED_REWRITES: dict[tuple[str, str], str] = {
     ("X", "Z"): "E",
 }
 
-#: from -> allowed to (16 edges)
+#: from -> allowed to (17 edges)
 EXPECTED_TASK_VALID: dict[str, str] = {
     "G": "Q",
     "Q": "IE",
     "I": "ORE",
     "O": "RE",
     "R": "DE",
-    "D": "",
+    "D": "G",
     "E": "QAFG",
     "A": "Q",
     "F": "G",
@@ -122,9 +122,10 @@ TI_DRIVEN_TASK_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("E", "Q"), ("E", "A"), ("E", "F"),
     ("A", "Q"),
 })  # fmt: skip
-#: G->Q (queueing a resumed task), E->G (Jobmon's swarm re-queue), F->G (operator resume).
+#: G->Q (queueing a resumed task), E->G (Jobmon's swarm re-queue), F->G (operator resume),
+#: D->G (an operator reset a finished taskfarm run).
 NOT_TI_DRIVEN_TASK_EDGES: frozenset[tuple[str, str]] = frozenset({
-    ("G", "Q"), ("E", "G"), ("F", "G"),
+    ("G", "Q"), ("E", "G"), ("F", "G"), ("D", "G"),
 })  # fmt: skip
 
 #: The task statuses a live instance in each status has when nothing bypassed the machines.
@@ -245,7 +246,7 @@ def test_task_valid_table_is_exactly_the_expected_edges() -> None:
     }
     edges = {(a.value, b.value) for a, dsts in TASK_VALID.items() for b in dsts}
     assert edges == TI_DRIVEN_TASK_EDGES | NOT_TI_DRIVEN_TASK_EDGES
-    assert len(edges) == 16
+    assert len(edges) == 17
 
 
 def test_expected_apply_rows_cover_every_valid_consistent_request() -> None:

@@ -21,6 +21,7 @@ from farmstead.api.routes_fsm import router as fsm_router
 from farmstead.api.routes_instances import router as instances_router
 from farmstead.api.routes_meta import router as meta_router
 from farmstead.api.routes_workflows import router as workflows_router
+from farmstead.api.taskfarm import router as taskfarm_router
 from farmstead.db.engine import make_database
 from farmstead.fsm.roles import ALLOWED, Permission
 from farmstead.services.auth import Authenticator
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="farmstead",
         version=__version__,
         description="Task-farm state server. `/v3/fsm` and `/api/v3`: worker-node and "
-        "distributor routes, wire-compatible with Jobmon. `/v3`: workflows and tasks.",
+        "distributor routes, wire-compatible with Jobmon. `/v3`: workflows and tasks. `/api`: "
+        "taskfarm's runs and tasks, for taskfarm-worker's clients.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -105,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workflows_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(instances_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(auth_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    app.include_router(
+        taskfarm_router, prefix="/api", generate_unique_id_function=_unique_id("taskfarm")
+    )
     _document_permissions(app)
     return app
 

@@ -48,6 +48,23 @@ _DOCS = ("/docs", "/redoc", "/static-offline-docs/")
 _WORKER = ("/v3/fsm/", "/api/v3/")
 _WORK_ROUTES = frozenset({"/v3/claims", "/v3/task_instances/status"})
 _OPERATE = re.compile(r"/v3/workflows(?:/[^/]+/(?:cancel|resume))?")
+_RUN = r"/api/runs/[^/]+"
+#: taskfarm's face (`/api/…` but Jobmon's `/api/v3/…`): (method, path, what it needs)
+_TASKFARM = [
+    (m, re.compile(p), needed)
+    for m, p, needed in (
+        ("POST", "/api/run", P.OPERATE),
+        ("DELETE", _RUN, P.OPERATE),
+        ("POST", _RUN + "/restart", P.OPERATE),
+        ("GET", "/api/token", P.READ_OR_WORK),
+        ("GET", "/api/runs", P.READ_OR_WORK),
+        ("GET", _RUN, P.READ_OR_WORK),
+        ("POST", "/api/worker", P.WORK),
+        ("POST", _RUN + "/task", P.WORK),
+        ("GET", _RUN + "/tasks/[^/]+", P.WORK),
+        ("PUT", _RUN + "/tasks/[^/]+", P.WORK),
+    )
+]
 _INSTANCE = re.compile(r"/(?:v3/fsm|api/v3)/task_instance/(\d{1,19})/")
 _ARRAY = re.compile(r"/(?:v3/fsm|api/v3)/(?:get_array_task_instance_id|array)/(\d{1,19})(?:/|$)")
 #: content types a page of another site can POST without a CORS preflight
@@ -67,6 +84,8 @@ def permission(method: str, path: str) -> Permission:
         return P.PUBLIC
     if path.startswith(_WORKER) or path in _WORK_ROUTES:
         return P.WORK
+    if path.startswith("/api/"):
+        return _taskfarm(method, path)
     if path.startswith(("/v3/users", "/v3/tokens")):
         # an operator may make worker tokens for workflows and revoke their own tokens
         return (
@@ -77,6 +96,15 @@ def permission(method: str, path: str) -> Permission:
             return P.READ
         if method == "POST" and _OPERATE.fullmatch(path):
             return P.OPERATE
+    return P.ADMIN
+
+
+def _taskfarm(method: str, path: str) -> Permission:
+    """taskfarm's face: operators make, restart and delete runs; workers register, claim and
+    update tasks; both (and viewers) read runs (a worker loads its run's info first)."""
+    for verb, pattern, needed in _TASKFARM:
+        if method == verb and pattern.fullmatch(path):
+            return needed
     return P.ADMIN
 
 

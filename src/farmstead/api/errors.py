@@ -25,6 +25,7 @@ from farmstead.services.errors import (
     FarmsteadError,
     Forbidden,
     InvalidTransition,
+    Malformed,
     NotFound,
     Unauthorized,
     Unavailable,
@@ -37,6 +38,7 @@ STATUS: dict[type[FarmsteadError], int] = {
     InvalidTransition: 409,
     Conflict: 409,
     BadRequest: 422,
+    Malformed: 400,
     Unauthorized: 401,
     Forbidden: 403,
     Unavailable: 503,
@@ -117,7 +119,14 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
         if e.get("type") == "json_invalid":
             loc = ("body",)
         items.append({"field": field_path(loc), "message": _message(e)})
-    return JSONResponse(validation_body(items), status_code=422)
+    # taskfarm's clients are answered 400 for any bad input, as taskfarm answers them
+    code = 400 if is_taskfarm(request.url.path) else 422
+    return JSONResponse(validation_body(items), status_code=code)
+
+
+def is_taskfarm(path: str) -> bool:
+    """Whether a path is on the taskfarm face (`/api/…`, but not Jobmon's `/api/v3/…`)."""
+    return path.startswith("/api/") and not path.startswith("/api/v3/")
 
 
 def domain_answer(

@@ -83,19 +83,29 @@ def list_cmd(
     if as_json:
         print_json(out)
         return
-    table = Table("id", "name", "status", "tries", "last error")
+    # progress is what a task reports itself (taskfarm's percentCompleted): shown when any has
+    reported = any(t.get("progress") for t in out["data"])
+    table = Table(
+        "id", "name", "status", "tries", *(["progress"] if reported else []), "last error"
+    )
     for t in out["data"]:
         table.add_row(
             str(t["id"]),
             Text(t["name"]),
             styled(task_status_name(t["status"]), TASK_STYLE.get(t["status"])),
             f"{t['num_attempts']}/{t['max_attempts']}",
+            *([percent(t.get("progress"))] if reported else []),
             Text(first_line(t.get("last_error"))),
         )
     Console().print(table)
     shown = len(out["data"])
     more = f"; next page: --after-id {out['data'][-1]['id']}" if shown < out["count"] else ""
     err.print(f"{shown} of {out['count']} tasks{more}", markup=False)
+
+
+def percent(value: float | None) -> str:
+    """A task's reported progress (0-100) as shown."""
+    return f"{value or 0:g} %"
 
 
 def _fetch_task(server: Server, task_id: int) -> dict[str, Any]:
@@ -122,6 +132,8 @@ def show(
         "status", styled(task_status_name(task["status"]), TASK_STYLE.get(task["status"]))
     )
     about.add_row("tries", f"{task.get('num_attempts')}/{task.get('max_attempts')}")
+    if task.get("progress"):
+        about.add_row("progress", percent(task["progress"]))
     about.add_row("command", Text(task["command"]))
     console.print(about)
     tries = Table("instance", "status", "since", "node", "wallclock s", "max RSS MB", title="tries")

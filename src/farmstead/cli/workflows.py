@@ -84,6 +84,8 @@ def show(
     about = Table.grid(padding=(0, 2))
     about.add_row("id", str(wf["id"]))
     about.add_row("name", Text(wf["name"]))
+    if wf.get("uuid"):
+        about.add_row("taskfarm run", f"{wf['uuid']} (its tasks are claimed through /api/)")
     about.add_row("status", workflow_status(wf))
     about.add_row("tasks", f"{wf['total']} ({wf['percent_done']:.1f}% done)")
     about.add_row("created", str(wf.get("created_date")))

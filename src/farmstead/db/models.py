@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Float,
     ForeignKey,
     ForeignKeyConstraint,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,6 +29,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 _LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
+#: the claim-order index's condition, as each database spells a false boolean; a claim's
+#: WHERE repeats it word for word (store.claims), so the planner sees it implies it
+QUEUED_PUSH = {"sqlite": "status = 'Q' AND pull = 0", "postgresql": "status = 'Q' AND NOT pull"}
 
 
 class Base(DeclarativeBase):
@@ -46,6 +51,10 @@ class Workflow(Base):
     retry_delay: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     #: set by a cancel, cleared by a resume: while set, no task of the workflow is retried
     cancelled_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: a pull-based taskfarm run: its uuid (hex) on taskfarm's API; null for other workflows
+    uuid: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+    #: a taskfarm run: seconds a claimed task may go without an update before it expires
+    pull_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Array(Base):
@@ -155,6 +164,9 @@ class TaskInstance(Base):
     #: the worker identity that started it (log_running): only it (or an operator) may report
     #: for it while it runs
     reporter: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: an instance of a pull-based run (taskfarm): only its run's own claims take it, so it
+    #: stays out of the claim-order index farmstead's executors walk
+    pull: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 # a workflow's instances by status; its QUEUED ones in claim order
@@ -165,13 +177,14 @@ Index(
     TaskInstance.priority.desc(),
     TaskInstance.id,
 )
-# every QUEUED instance in claim order: a claim reads the first `limit` entries
+# every QUEUED instance but a pull-based run's, in claim order: a claim reads the first
+# `limit` entries (a run's own claims walk the workflow index above)
 Index(
     "ix_task_instance_queued_priority_id",
     TaskInstance.priority.desc(),
     TaskInstance.id,
-    sqlite_where=text("status = 'Q'"),
-    postgresql_where=text("status = 'Q'"),
+    sqlite_where=text(QUEUED_PUSH["sqlite"]),
+    postgresql_where=text(QUEUED_PUSH["postgresql"]),
 )
 
 
@@ -261,3 +274,17 @@ class ApiToken(Base):
     expires_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TaskfarmWorker(Base):
+    """A taskfarm worker (`POST /api/worker`): who claims a run's tasks, and with what
+    credentials (only they may update the task it holds)."""
+
+    __tablename__ = "taskfarm_worker"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(BigId)
+    #: the identity (Principal.identity) of the credentials that registered it
+    identity: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -17,6 +17,7 @@ class Permission(StrEnum):
 
     PUBLIC = "public"  # liveness, readiness, docs, the state machine tables
     READ = "read"  # farmstead's own read routes
+    READ_OR_WORK = "read_or_work"  # reads a worker needs too (taskfarm's runs and run info)
     WORK = "work"  # worker-node, distributor and claim routes
     OPERATE = "operate"  # submit, cancel, resume; worker tokens for a workflow
     ADMIN = "admin"  # users and tokens
@@ -25,6 +26,7 @@ class Permission(StrEnum):
 ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.PUBLIC: frozenset(Role),
     Permission.READ: frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER}),
+    Permission.READ_OR_WORK: frozenset(Role),
     Permission.WORK: frozenset({Role.ADMIN, Role.OPERATOR, Role.WORKER}),
     Permission.OPERATE: frozenset({Role.ADMIN, Role.OPERATOR}),
     Permission.ADMIN: frozenset({Role.ADMIN}),

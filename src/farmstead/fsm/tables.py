@@ -132,7 +132,7 @@ TASK_VALID: dict[TaskStatus, frozenset[TaskStatus]] = {
         }
     ),
     T.ADJUSTING_RESOURCES: frozenset({T.QUEUED}),  # resources scaled: queued again
-    T.DONE: frozenset(),
+    T.DONE: frozenset({T.REGISTERING}),  # an operator reset a finished run (taskfarm's restart)
     T.ERROR_FATAL: frozenset({T.REGISTERING}),  # an operator resumed the workflow
 }
 

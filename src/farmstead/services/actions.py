@@ -56,7 +56,12 @@ async def _cancel_round(db: Database, workflow_id: int, total: BulkResult, by: s
 
 
 async def _cancel_chunk(
-    conn: Conn, workflow_id: int, statuses: list[str], to: TIStatus, by: str
+    conn: Conn,
+    workflow_id: int,
+    statuses: list[str],
+    to: TIStatus,
+    by: str,
+    action: str = "cancel",
 ) -> tuple[int, BulkResult]:
     # Wait for locked rows (up to the lock timeout) rather than skip them: an
     # instance in the middle of a transition must not escape the cancel. Waiting,
@@ -71,33 +76,83 @@ async def _cancel_chunk(
         conn,
         cands,
         to,
-        error=f"cancelled by {by}",
-        details={"by": by, "action": "cancel"},
+        error=f"{action}: by {by}" if action != "cancel" else f"cancelled by {by}",
+        details={"by": by, "action": action},
     )
     if moved.total:
         await wf_store.record_event(
-            conn, workflow_id, "R", {"action": "cancel", "moved": moved.moved, "by": by}
+            conn, workflow_id, "R", {"action": action, "moved": moved.moved, "by": by}
         )
     return len(cands), moved
 
 
+async def stop_live(db: Database, workflow_id: int, actor: Principal, action: str) -> int:
+    """Every live instance of a workflow but the QUEUED → ERROR_FATAL at once (an operator's
+    reset: taskfarm's restart of a whole run); how many moved. Chunks wait for locks in the
+    global order, as a cancel's do."""
+    live = ["I", "O", "R", "T", "X", "K"]
+    total = BulkResult()
+    while True:
+        chunk = partial(
+            _cancel_chunk,
+            workflow_id=workflow_id,
+            statuses=live,
+            to=TIStatus.ERROR_FATAL,
+            by=actor.name,
+            action=action,
+        )
+        found, moved = await in_transaction(db, chunk)
+        total.add(moved)
+        if found < CHUNK or not moved.total:
+            return total.total
+
+
+async def expire(db: Database, where: Any, actor: Principal) -> int:
+    """Instances matching `where` (a sweep of ones past their deadline) → ERROR now, as the
+    reconciler would soon (a new try is queued while tries are left); how many moved."""
+    moved = 0
+
+    async def chunk(conn: Conn) -> int:
+        cands = await bulk_store.lock_candidates(conn, where, limit=CHUNK)
+        result = await apply_bulk(
+            conn,
+            cands,
+            TIStatus.ERROR,
+            error=f"no update by its deadline; restarted by {actor.name}",
+            details={"by": actor.name, "action": "restart"},
+        )
+        return result.total
+
+    while n := await in_transaction(db, chunk):
+        moved += n
+        if n < CHUNK:
+            break
+    return moved
+
+
 async def resume(
-    db: Database, workflow_id: int, everything: bool, actor: Principal = SYSTEM
+    db: Database,
+    workflow_id: int,
+    everything: bool,
+    actor: Principal = SYSTEM,
+    finished: bool = False,
 ) -> dict[str, Any]:
     """ERROR_FATAL tasks get fresh tries and a new QUEUED instance; DONE tasks stay DONE.
 
     With `everything`, unfinished tasks that still have a live instance get fresh tries too.
+    With `finished`, DONE tasks are queued again as well (taskfarm's restart of everything).
     """
     await _require(db, workflow_id)
-    audit("resume", actor, workflow_id=workflow_id, all=everything)
-    path = task_path(T.ERROR_FATAL, T.QUEUED)
-    assert path is not None, "the task table must let an operator resume ERROR_FATAL"
+    audit("resume", actor, workflow_id=workflow_id, all=everything, finished=finished)
+    statuses = (T.ERROR_FATAL, T.DONE) if finished else (T.ERROR_FATAL,)
+    paths = {s.value: task_path(s, T.QUEUED) for s in statuses}
+    assert None not in paths.values(), "the task table must let an operator resume these"
     changed: Counter[str] = Counter()
     # retries are allowed again
     await in_transaction(db, lambda c: wf_store.clear_cancelled(c, workflow_id))
 
     async def resume_chunk(conn: Conn) -> int:
-        tasks = await store.lock_failed_tasks(conn, workflow_id, CHUNK)
+        tasks = await store.lock_failed_tasks(conn, workflow_id, CHUNK, list(paths))
         if tasks:
             await store.requeue_tasks(conn, [t.id for t in tasks])
             ids = await store.queue_first_instances(conn, tasks)
@@ -111,7 +166,7 @@ async def resume(
                     {"by": actor.name, "action": "resume"},
                 )
                 for t in tasks
-                for prev, nxt in zip((T.ERROR_FATAL, *path[:-1]), path, strict=True)
+                for prev, nxt in _steps(T(t.status), paths[t.status] or ())
             ]
             events += [
                 EventRow(
@@ -141,3 +196,8 @@ async def resume(
         details = {"action": "resume", "changed": dict(changed)}
         await in_transaction(db, lambda c: wf_store.record_event(c, workflow_id, "R", details))
     return {"workflow_id": workflow_id, "changed": dict(changed), "total": sum(changed.values())}
+
+
+def _steps(start: TaskStatus, path: tuple[TaskStatus, ...]) -> list[tuple[TaskStatus, TaskStatus]]:
+    """The (from, to) pairs of a task's walk along `path` from `start`."""
+    return list(zip((start, *path[:-1]), path, strict=True))

@@ -239,12 +239,15 @@ async def create_token(
     owner: str | None = None,
     workflows: list[int] | None = None,
     expires_in: float | None = None,
+    own_rights: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """A new token (returned once, in clear) and its description.
 
     An admin may make any token for anyone; anyone else only tokens they own, with a role
-    their own role may grant, and an operator a worker token only for named workflows."""
-    if actor.role != Role.ADMIN:
+    their own role may grant, and an operator a worker token only for named workflows.
+    `own_rights`: a token with exactly the rights the actor has already (see `sign_in_token`).
+    """
+    if not own_rights and actor.role != Role.ADMIN:
         if owner not in (None, actor.user):
             raise Forbidden("only an admin may make a token for another user")
         if role not in GRANTABLE[actor.role]:
@@ -260,6 +263,12 @@ async def create_token(
 
     async def work(conn: Conn) -> dict[str, Any]:
         row = await _owner(conn, actor, owner)
+        nonlocal expires
+        if own_rights and actor.token_id is not None:  # never outlives the token it came from
+            parent = await store.token_view(conn, actor.token_id)
+            until = None if parent is None else parent["expires_date"]
+            if until is not None and (expires is None or until < expires):
+                expires = until
         if role not in GRANTABLE[Role(row["role"])]:
             raise Conflict(f"user {row['name']!r} is a {row['role']}: no {role} token for them")
         token_id = await store.insert_token(
@@ -288,6 +297,26 @@ async def create_token(
     view = await in_transaction(db, work)
     audit("token created", actor, token_id=view["id"], name=name, role=role, owner=view["owner"])
     return token, view
+
+
+async def sign_in_token(db: Database, who: Principal, name: str, expires_in: float) -> str:
+    """A token with the rights the caller has already: their user's role (signed in with a
+    password), or their token's role and scope; for clients that trade a sign-in for a token
+    (taskfarm's `GET /api/token`). It expires in `expires_in` seconds (or with its parent)."""
+    if who.user is None:
+        raise Forbidden("only a user (with a password or a token) can be given a token")
+    scope = None if who.workflows is None else sorted(who.workflows)
+    token, _ = await create_token(
+        db,
+        who,
+        name,
+        who.role,
+        owner=who.user,
+        workflows=scope,
+        expires_in=expires_in,
+        own_rights=True,
+    )
+    return token
 
 
 async def list_tokens(db: Database, owner: str | None, revoked: bool) -> list[dict[str, Any]]:

@@ -52,29 +52,40 @@ def claim_moves() -> ClaimMoves:
     return moves
 
 
-async def claim(db: Database, limit: int, workflow_id: int | None) -> list[dict[str, Any]]:
-    """Up to `limit` available QUEUED instances → INSTANTIATED, highest priority first."""
+async def claim(
+    db: Database, limit: int, workflow_id: int | None, pull: bool = False
+) -> list[dict[str, Any]]:
+    """Up to `limit` available QUEUED instances → INSTANTIATED, highest priority first.
+
+    `pull`: claim a pull-based run's instances (taskfarm's face, with its `workflow_id`);
+    farmstead's own executors never do."""
     if not db.is_sqlite:  # one statement, atomic on its own: no BEGIN, no COMMIT
 
-        async def one(conn: Conn) -> list[tuple[int, int, int, int, int, int]]:
-            return await store.claim_pg(conn, claim_moves(), workflow_id, limit, _DETAILS)
+        async def one(conn: Conn) -> list[dict[str, Any]]:
+            return await claim_in(conn, False, limit, workflow_id, pull)
 
-        rows = await in_transaction(db, one, single=True)
+        return await in_transaction(db, one, single=True)
+
+    return await in_transaction(db, lambda c: claim_in(c, True, limit, workflow_id, pull))
+
+
+async def claim_in(
+    conn: Conn, sqlite: bool, limit: int, workflow_id: int | None, pull: bool = False
+) -> list[dict[str, Any]]:
+    """`claim` on a connection (in a transaction the caller opened, or none on PostgreSQL):
+    the moved instances, by id."""
+    if not sqlite:
+        rows = await store.claim_pg(conn, claim_moves(), workflow_id, limit, _DETAILS, pull)
         return [dict(zip(_ANSWER, r, strict=True)) for r in rows]  # by instance id
-
-    async def work(conn: Conn) -> list[Claimable]:
-        groups: dict[Apply, list[Claimable]] = defaultdict(list)
-        for c in await store.candidates(conn, workflow_id, limit):
-            asked = (c.ti_status, c.task_status, TIStatus.INSTANTIATED)
-            move = _claimable(decide_for(*asked, c.tries, c.max_attempts, c.cancelled))
-            if move is not None:
-                groups[move].append(c)
-        for move, members in groups.items():
-            await store.apply_claim(conn, move, members, _DETAILS)
-        return [c for members in groups.values() for c in members]
-
-    moved = await in_transaction(db, work)
-    moved.sort()  # answered in instance id order
+    groups: dict[Apply, list[Claimable]] = defaultdict(list)
+    for c in await store.candidates(conn, workflow_id, limit, pull):
+        asked = (c.ti_status, c.task_status, TIStatus.INSTANTIATED)
+        move = _claimable(decide_for(*asked, c.tries, c.max_attempts, c.cancelled))
+        if move is not None:
+            groups[move].append(c)
+    for move, members in groups.items():
+        await store.apply_claim(conn, move, members, _DETAILS)
+    moved = sorted(c for members in groups.values() for c in members)  # by instance id
     return [
         dict(zip(_ANSWER, (c.ti_id, c.task_id, c.workflow_id, *c[-3:]), strict=True)) for c in moved
     ]

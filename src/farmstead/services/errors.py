@@ -26,6 +26,11 @@ class BadRequest(FarmsteadError):
     """Input that is well-formed but unacceptable."""
 
 
+class Malformed(FarmsteadError):
+    """A request its face's protocol answers with a plain 400 (taskfarm's clients: a missing,
+    unknown or bad key)."""
+
+
 class Unavailable(FarmsteadError):
     """The database is down or a lock could not be had in time: retry later."""
 

@@ -1,6 +1,7 @@
 """Submission and reading of workflows and their tasks (farmstead's own /v3 API)."""
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
@@ -16,8 +17,22 @@ from farmstead.store import workflows as store
 ANALYZE_AFTER = 10_000
 
 
+@dataclass(frozen=True)
+class Pull:
+    """A pull-based run (taskfarm's): its uuid, and the seconds a claimed task may go
+    without an update. Its tasks are one batch (task n is step n of batch 1), claimed only
+    through the run."""
+
+    uuid: str
+    timeout: float
+
+
 async def submit(
-    db: Database, settings: Settings, req: WorkflowCreate, actor: Principal = SYSTEM
+    db: Database,
+    settings: Settings,
+    req: WorkflowCreate,
+    actor: Principal = SYSTEM,
+    pull: Pull | None = None,
 ) -> dict[str, Any]:
     """Create a workflow, its tasks (all QUEUED) and each task's first QUEUED instance."""
     if req.size > settings.max_tasks_per_request:
@@ -26,17 +41,24 @@ async def submit(
             f"{settings.max_tasks_per_request}",
             field="array" if req.array else "tasks",
         )
-    batch_size = settings.array_batch_size
+    batch_size = req.size if pull else settings.array_batch_size
     batches = (req.size + batch_size - 1) // batch_size
     defaults = {
         "max_attempts": req.max_attempts or settings.default_max_attempts,
         "priority": req.priority,
         "resources": req.resources,
         "resource_scales": req.resource_scales,
+        "pull": pull is not None,
     }
 
     async def work(conn: Conn) -> dict[str, Any]:
-        wf_id = await store.create_workflow(conn, req.name, req.retry_delay)
+        wf_id = await store.create_workflow(
+            conn,
+            req.name,
+            req.retry_delay,
+            None if pull is None else pull.uuid,
+            None if pull is None else pull.timeout,
+        )
         array_name = req.array.name if req.array else req.name
         array_id = await store.create_array(
             conn, wf_id, array_name, batches, req.max_concurrently_running

@@ -24,14 +24,18 @@ class FailedTask:
     workflow_id: int
     array_id: int
     resources: dict[str, Any] | None
+    status: str = "F"
 
 
-async def lock_failed_tasks(conn: Conn, workflow_id: int, limit: int) -> list[FailedTask]:
-    """ERROR_FATAL tasks of a workflow with no live instance left, locked in id order."""
+async def lock_failed_tasks(
+    conn: Conn, workflow_id: int, limit: int, statuses: Sequence[str] = ("F",)
+) -> list[FailedTask]:
+    """ERROR_FATAL tasks (or those in `statuses`) of a workflow with no live instance left,
+    locked in id order."""
     live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
     stmt = (
-        select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources)
-        .where(TASK.c.workflow_id == workflow_id, TASK.c.status == "F", ~live)
+        select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources, TASK.c.status)
+        .where(TASK.c.workflow_id == workflow_id, TASK.c.status.in_(statuses), ~live)
         .order_by(TASK.c.id)
         .limit(limit)
         .with_for_update()
@@ -50,6 +54,7 @@ async def requeue_tasks(conn: Conn, ids: Sequence[int]) -> None:
             attempts_base=TASK.c.num_attempts,
             num_attempts=TASK.c.num_attempts + 1,
             time_finished=None,
+            time_started=None,
         )
         .execution_options(synchronize_session=False)
     )

@@ -280,16 +280,26 @@ async def next_batches(conn: Conn, array_id: int, count: int) -> int:
 async def insert_queued(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
     """Insert QUEUED instances (retries); returns their ids in order.
 
-    Each takes its task's priority (the claim order) in the same statement.
+    Each takes its task's priority (the claim order) and its workflow's kind (pull-based or
+    not) in the same statement.
     """
     if not rows:
         return []
     priority = select(TASK.c.priority).where(TASK.c.id == bindparam("of_task"))
+    # a retry of a pull-based run's task is its run's to claim, like the first try
+    pull = select(WORKFLOW.c.pull_timeout.is_not(None)).where(
+        WORKFLOW.c.id == bindparam("of_workflow")
+    )
     result = await conn.execute(
         TI.insert()
-        .values(status="Q", status_date=db_now(), priority=priority.scalar_subquery())
+        .values(
+            status="Q",
+            status_date=db_now(),
+            priority=priority.scalar_subquery(),
+            pull=pull.scalar_subquery(),
+        )
         .returning(TI.c.id, sort_by_parameter_order=True),
-        [{**r, "of_task": r["task_id"]} for r in rows],
+        [{**r, "of_task": r["task_id"], "of_workflow": r["workflow_id"]} for r in rows],
     )
     return [int(r[0]) for r in result.all()]
 

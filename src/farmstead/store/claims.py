@@ -21,6 +21,8 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    literal_column,
+    not_,
     null,
     select,
     true,
@@ -54,17 +56,28 @@ class Claimable(NamedTuple):
     array_step_id: int
 
 
-def _where(by_workflow: bool, sqlite: bool) -> ColumnElement[bool]:
+def pull_term(pull: bool, sqlite: bool) -> ColumnElement[bool]:
+    """Instances of pull-based runs (`pull`) or of every other workflow, spelt as the
+    claim-order index's condition is (db.models.QUEUED_PUSH), so the planner sees the
+    claim's WHERE implies it and walks that index."""
+    if sqlite:
+        return TI.c.pull == literal_column("1" if pull else "0")
+    return TI.c.pull if pull else not_(TI.c.pull)
+
+
+def _where(by_workflow: bool, sqlite: bool, pull: bool = False) -> ColumnElement[bool]:
     # SQLite's planner would rather find every QUEUED row through another index and sort
     # them, unless told that `status = 'Q'` is not selective (`likely`, a no-op at run time)
     queued = func.likely(_QUEUED) if sqlite and not by_workflow else _QUEUED
-    where = and_(queued, _hold_passed())
+    # a pull-based run's instances are claimed only by its own claims (taskfarm's face):
+    # never by farmstead's executors, which walk an index that leaves them out
+    where = and_(queued, pull_term(pull, sqlite), _hold_passed())
     if by_workflow:
         where = and_(where, TI.c.workflow_id == bindparam("workflow_id", type_=BigInteger()))
     return where
 
 
-def _candidates_sqlite(by_workflow: bool) -> Any:
+def _candidates_sqlite(by_workflow: bool, pull: bool) -> Any:
     return (
         select(
             TI.c.id,
@@ -81,13 +94,15 @@ def _candidates_sqlite(by_workflow: bool) -> Any:
         )
         .join(TASK, TASK.c.id == TI.c.task_id)
         .join(WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
-        .where(_where(by_workflow, sqlite=True))
+        .where(_where(by_workflow, sqlite=True, pull=pull))
         .order_by(TI.c.priority.desc(), TI.c.id)
         .limit(bindparam("limit", type_=Integer()))
     )
 
 
-async def candidates(conn: Conn, workflow_id: int | None, limit: int) -> list[Claimable]:
+async def candidates(
+    conn: Conn, workflow_id: int | None, limit: int, pull: bool = False
+) -> list[Claimable]:
     """SQLite (the writer's lock is held since BEGIN): read up to `limit` available QUEUED
     instances (of one workflow, or of any) in claim order, with their tasks: one statement.
 
@@ -97,7 +112,9 @@ async def candidates(conn: Conn, workflow_id: int | None, limit: int) -> list[Cl
     """
     by_workflow = workflow_id is not None
     prepared = prepare(
-        "sqlite", ("claim_candidates", by_workflow), lambda: _candidates_sqlite(by_workflow)
+        "sqlite",
+        ("claim_candidates", by_workflow, pull),
+        lambda: _candidates_sqlite(by_workflow, pull),
     )
     params: dict[str, Any] = {"limit": limit}
     if by_workflow:
@@ -162,7 +179,7 @@ class ClaimMoves(NamedTuple):
     step_k: list[int]  # the step's place in its path, from 1
 
 
-def _claim_pg(by_workflow: bool) -> Any:
+def _claim_pg(by_workflow: bool, pull: bool) -> Any:
     """PostgreSQL: a whole claim in one statement, atomic on its own.
 
     `candidates`: the first `limit` QUEUED instances in claim order (locked, skipping locked
@@ -185,7 +202,7 @@ def _claim_pg(by_workflow: bool) -> Any:
             TI.c.array_batch_num,
             TI.c.array_step_id,
         )
-        .where(_where(by_workflow, sqlite=False))
+        .where(_where(by_workflow, sqlite=False, pull=pull))
         .order_by(TI.c.priority.desc(), TI.c.id)
         .limit(bindparam("limit", type_=Integer()))
         .with_for_update(skip_locked=True)
@@ -268,11 +285,14 @@ async def claim_pg(
     workflow_id: int | None,
     limit: int,
     details: dict[str, Any] | None,
+    pull: bool = False,
 ) -> list[tuple[int, int, int, int, int, int]]:
     """PostgreSQL: claim up to `limit` instances as `moves` says, in one statement; the moved
     instances' (id, task, workflow, array, batch, step), by id."""
     by_workflow = workflow_id is not None
-    prepared = prepare("postgresql", ("claim", by_workflow), lambda: _claim_pg(by_workflow))
+    prepared = prepare(
+        "postgresql", ("claim", by_workflow, pull), lambda: _claim_pg(by_workflow, pull)
+    )
     params: dict[str, Any] = {
         "limit": limit,
         **moves._asdict(),

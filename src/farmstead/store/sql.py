@@ -24,6 +24,7 @@ from farmstead.db.models import (
     Array,
     Event,
     Task,
+    TaskfarmWorker,
     TaskInstance,
     TaskInstanceDeadline,
     TaskInstanceErrorLog,
@@ -38,6 +39,7 @@ EVENT = cast(Table, Event.__table__)
 ERRLOG = cast(Table, TaskInstanceErrorLog.__table__)
 ARRAY = cast(Table, Array.__table__)
 WORKFLOW = cast(Table, Workflow.__table__)
+TF_WORKER = cast(Table, TaskfarmWorker.__table__)
 DEADLINE = cast(Table, TaskInstanceDeadline.__table__)
 #: the statuses whose instances have a heartbeat deadline (a DEADLINE row)
 DEADLINE_STATUSES = frozenset({"O", "R"})

@@ -31,9 +31,21 @@ from farmstead.store.sql import (
 )
 
 
-async def create_workflow(conn: Conn, name: str, retry_delay: float) -> int:
-    """Insert a workflow; returns its id."""
-    stmt = WORKFLOW.insert().values(name=name, retry_delay=retry_delay, created_date=db_now())
+async def create_workflow(
+    conn: Conn,
+    name: str,
+    retry_delay: float,
+    uuid: str | None = None,
+    pull_timeout: float | None = None,
+) -> int:
+    """Insert a workflow (with `uuid`: a pull-based taskfarm run); returns its id."""
+    stmt = WORKFLOW.insert().values(
+        name=name,
+        retry_delay=retry_delay,
+        created_date=db_now(),
+        uuid=uuid,
+        pull_timeout=pull_timeout,
+    )
     return int((await conn.execute(stmt.returning(WORKFLOW.c.id))).scalar_one())
 
 
@@ -156,6 +168,7 @@ def _range_instance(
         db_now(),
         bindparam("resources", spec["resources"], type_=JSONType),
         literal(spec["priority"]),
+        literal(bool(spec.get("pull", False))),
     ]
 
 
@@ -219,6 +232,7 @@ _INSTANCE_COLUMNS = [
     "status_date",
     "resources",
     "priority",
+    "pull",
 ]
 
 
@@ -240,6 +254,7 @@ async def insert_first_instances(conn: Conn, array_id: int, batch_size: int) -> 
         db_now(),
         ranked.c.resources,
         ranked.c.priority,
+        literal(False),
     )
     result = await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
