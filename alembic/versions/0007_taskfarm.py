@@ -6,6 +6,8 @@
   instance (`ix_task_instance_queued_priority_id`) now leaves these out, so farmstead's own
   executors neither claim them nor walk past them (a run's own claims walk the workflow
   index);
+- `task.resets`: DONE tries a reset of a finished run set aside (taskfarm's `restart?all=True`,
+  the one move out of DONE), so `farmstead db check` still counts every DONE instance;
 - `taskfarm_worker`: the workers registered with `POST /api/worker`.
 
 Revision ID: 0007
@@ -54,6 +56,9 @@ def upgrade() -> None:
     op.add_column(
         "task_instance", sa.Column("pull", sa.Boolean(), server_default=sa.false(), nullable=False)
     )
+    op.add_column(
+        "task", sa.Column("resets", sa.Integer(), server_default=sa.text("0"), nullable=False)
+    )
     op.drop_index("ix_task_instance_queued_priority_id", table_name="task_instance")
     _claim_order_index(_SQLITE_PUSH, _PG_PUSH)
     op.create_table(
@@ -74,6 +79,8 @@ def downgrade() -> None:
     op.drop_index("ix_task_instance_queued_priority_id", table_name="task_instance")
     with op.batch_alter_table("task_instance") as batch_op:
         batch_op.drop_column("pull")
+    with op.batch_alter_table("task") as batch_op:
+        batch_op.drop_column("resets")
     # SQLite's table copy rebuilt the other claim-order index without its DESC: again
     op.drop_index("ix_task_instance_workflow_id_status_priority_id", table_name="task_instance")
     op.create_index(

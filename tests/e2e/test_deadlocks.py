@@ -4,7 +4,8 @@ A real `farmstead serve --workers 2` (with its reconciler sweeping fast) is driv
 concurrent clients for about 30 s: worker nodes claiming and reporting (log_distributor_id,
 log_running, heartbeats, log_done, log_error_worker_node), distributors sending batch heartbeats
 and array moves with ids in random order, stray single transitions, and operators cancelling and
-resuming the same workflows. On PostgreSQL every row lock is taken in one global order
+resuming the same workflows; taskfarm workers claiming, updating and giving back the tasks of a
+run while an operator restarts it. On PostgreSQL every row lock is taken in one global order
 (instances by id, then tasks by id, then arrays by id), so the database never has to break a
 deadlock: `pg_stat_database.deadlocks` does not move and no answer was a deadlock. On both
 databases the only 5xx allowed is a 503 with Retry-After, and `farmstead db check` finds nothing.
@@ -53,6 +54,7 @@ class Race:
     lo: int
     hi: int
     end: float
+    run: str = ""  # a taskfarm run's uuid
     ti_array: dict[int, int] = field(default_factory=dict)
     batches: set[tuple[int, int]] = field(default_factory=set)
     answers: Counter[tuple[str, int]] = field(default_factory=Counter)
@@ -68,8 +70,12 @@ class Race:
 
     async def post(self, kind: str, path: str, body: Any = None, **params: Any) -> Any:
         """POST and tally the answer; None unless it was a 2xx."""
+        return await self.call(kind, "POST", path, body, **params)
+
+    async def call(self, kind: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        """Send and tally the answer; None unless it was a 2xx ({} for an empty one)."""
         try:
-            resp = await self.client.post(path, json=body, params=params or None)
+            resp = await self.client.request(method, path, json=body, params=params or None)
         except httpx.HTTPError as exc:  # the server must answer, not drop us
             self.bad.append(f"{kind}: {type(exc).__name__}: {exc}")
             return None
@@ -78,7 +84,9 @@ class Race:
             resp.status_code == 503 and "retry-after" in resp.headers
         ):
             self.bad.append(f"{kind}: {resp.status_code} {resp.text[:300]}")
-        return resp.json() if resp.is_success else None
+        if not resp.is_success:
+            return None
+        return resp.json() if resp.content else {}
 
 
 def _increment() -> float:
@@ -191,7 +199,42 @@ async def _operator(race: Race) -> None:
         await race.post("resume", f"/v3/workflows/{wf}/resume", all=random.random() < 0.3)
 
 
-ROLES = [(_worker, 26), (_stray, 10), (_batch_heartbeats, 12), (_distributor, 8), (_operator, 8)]
+async def _taskfarm_worker(race: Race) -> None:
+    """A taskfarm worker: claims a task of the run, reports progress, then finishes it or gives
+    it back; it sometimes goes quiet long enough for the run's timeout to expire its task."""
+    me = f"w{random.getrandbits(48):x}"
+    body = {"uuid": me, "hostname": "n", "pid": 1}
+    await race.post("tf_register", "/api/worker", body)
+    while race.running():
+        task = await race.post("tf_claim", f"/api/runs/{race.run}/task", {"worker_uuid": me})
+        if not task:
+            await asyncio.sleep(0.1)
+            continue
+        path = f"/api/runs/{race.run}/tasks/{task['task']}"
+        for percent in (25, 50, 100)[: random.randint(1, 3)]:
+            await asyncio.sleep(random.uniform(0, 0.6))
+            await race.call("tf_progress", "PUT", path, {"percentCompleted": percent})
+        status = random.choice(["done", "waiting", "computing"])
+        await race.call("tf_status", "PUT", path, {"status": status})
+
+
+async def _taskfarm_operator(race: Race) -> None:
+    """Restart the run now and then: the expired tasks, or everything."""
+    while race.running():
+        await asyncio.sleep(random.uniform(0.5, 2.0))
+        everything = "True" if random.random() < 0.3 else "False"
+        await race.post("tf_restart", f"/api/runs/{race.run}/restart", all=everything)
+
+
+ROLES = [
+    (_worker, 22),
+    (_stray, 8),
+    (_batch_heartbeats, 10),
+    (_distributor, 8),
+    (_operator, 6),
+    (_taskfarm_worker, 8),
+    (_taskfarm_operator, 2),
+]
 
 
 async def _setup(client: httpx.AsyncClient) -> tuple[list[int], list[int], int, int]:
@@ -225,6 +268,10 @@ async def _race(url: str) -> Race:
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         workflows, arrays, lo, hi = await _setup(client)
         race = Race(client, workflows, arrays, lo, hi, time.monotonic() + DURATION)
+        # a taskfarm run whose claimed tasks expire after 1.5 s without an update
+        run = await client.post("/api/run", json={"numTasks": 100, "timeout": 1.5})
+        assert run.status_code == 201, run.text
+        race.run = run.json()["uuid"]
         await asyncio.gather(*(role(race) for role, n in ROLES for _ in range(n)))
     return race
 
@@ -277,6 +324,9 @@ async def test_racing_clients_never_deadlock(
     for kind in ("claim", "log_running", "log_done", "log_error_worker_node", "cancel", "resume"):
         assert race.answers[(kind, 200)] > 0, (kind, summary)
     assert sum(n for (_, code), n in race.answers.items() if code == 200) > 500, summary
+    for kind, code in (("tf_claim", 201), ("tf_progress", 204), ("tf_status", 204)):
+        assert race.answers[(kind, code)] > 0, (kind, summary)
+    assert race.answers[("tf_restart", 204)] > 0, summary
 
     db = make_database(db_url)
     try:

@@ -17,7 +17,7 @@ function (not found, invalid transition, database busy) is worded by that same c
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -25,8 +25,11 @@ from starlette.types import Scope, Send
 
 from farmstead.api import routes_fsm
 from farmstead.api.errors import domain_answer
+from farmstead.api.taskfarm import routes as tf_routes
+from farmstead.api.taskfarm import wire as tf_wire
 from farmstead.bounds import INT32_MAX, INT32_MIN, INT64_MAX
 from farmstead.schemas import LogDone, LogErrorWorkerNode, LogReportBy, LogRunning
+from farmstead.services import taskfarm
 from farmstead.services.auth import NOBODY
 from farmstead.services.errors import FarmsteadError
 
@@ -38,7 +41,13 @@ _REPORT = re.compile(
     + rb"/task_instance/(\d{1,19})/(log_running|log_report_by|log_done|log_error_worker_node)"
 )
 _LOOKUP = re.compile(_PREFIX + rb"/get_array_task_instance_id/(\d{1,19})/(-?\d{1,10})/(-?\d{1,10})")
+#: taskfarm's worker calls: a claim, and the GET and PUT of the claimed task
+_RUN = rb"/api/runs/([0-9A-Za-z-]{1,64})"
+_TF_CLAIM = re.compile(_RUN + rb"/task")
+_TF_TASK = re.compile(_RUN + rb"/tasks/(-?\d{1,10})")
+_TF_INFO = re.compile(rb"info=([A-Za-z]{0,64})")
 
+M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Any, Any, Any, Any, int], Awaitable[Any]]
 
 _REPORTS: dict[bytes, tuple[type[BaseModel], Handler]] = {
@@ -79,6 +88,8 @@ async def handle(scope: Scope, body: bytes, send: Send) -> bool:
     """Answer the request if it is one the fast path takes; False to let FastAPI answer it."""
     method = scope["method"]
     path = scope["raw_path"] if scope.get("raw_path") else scope["path"].encode()
+    if path.startswith(b"/api/runs/"):
+        return await _taskfarm(scope, method, path, body, send)
     call: Callable[[Any, Any], Awaitable[Any]]
     if method == "POST":
         match = _REPORT.fullmatch(path)
@@ -123,3 +134,70 @@ async def handle(scope: Scope, body: bytes, send: Send) -> bool:
         return True
     await _answer(send, 200, answer, [])
     return True
+
+
+async def _taskfarm(scope: Scope, method: str, path: bytes, body: bytes, send: Send) -> bool:
+    """taskfarm's worker calls (routes in api/taskfarm/routes.py): a claim (201 or 204), task n
+    (200, optionally one `info` key) and its update (204)."""
+    who = scope.get("state", {}).get("principal", NOBODY)
+    query = scope.get("query_string", b"")
+    call: Callable[[Any], Awaitable[tuple[int, Any]]]
+    if method == "POST" and (match := _TF_CLAIM.fullmatch(path)):
+        parsed = _parsed(scope, body, tf_wire.ClaimIn)
+        if parsed is None or query:
+            return False
+        uuid = match[1].decode()
+
+        async def call(db: Any) -> tuple[int, Any]:
+            task = await taskfarm.claim(db, uuid, parsed.worker_uuid, who)
+            return (204, None) if task is None else (201, task)
+
+    elif method in ("GET", "PUT") and (match := _TF_TASK.fullmatch(path)):
+        uuid, number = match[1].decode(), int(match[2])
+        if abs(number) > INT32_MAX:
+            return False
+        if method == "GET":
+            info = _TF_INFO.fullmatch(query) if query else None
+            if query and info is None:
+                return False
+            key = info[1].decode() if info else ""
+
+            async def call(db: Any) -> tuple[int, Any]:
+                task = await taskfarm.get_task(db, uuid, number, who)
+                return 200, tf_routes.pick(task, key, taskfarm.TASK_INFO_KEYS)
+
+        else:
+            update = _parsed(scope, body, tf_wire.TaskUpdate)
+            if update is None or query:
+                return False
+
+            async def call(db: Any) -> tuple[int, Any]:
+                await taskfarm.update_task(
+                    db, uuid, number, who, update.percentCompleted, update.status
+                )
+                return 204, None
+
+    else:
+        return False
+    try:
+        status, answer = await call(scope["app"].state.db)
+    except FarmsteadError as exc:
+        status, error, headers = domain_answer(exc, method, scope["path"])
+        await _answer(send, status, error, [(k.encode(), v.encode()) for k, v in headers.items()])
+        return True
+    if answer is None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await _answer(send, status, answer, [])
+    return True
+
+
+def _parsed(scope: Scope, body: bytes, model: type[M]) -> M | None:
+    """The JSON body as `model`, or None (FastAPI then answers, and words the error)."""
+    if not _json_type(scope):
+        return None
+    try:
+        return model.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None

@@ -103,6 +103,9 @@ class Task(Base):
     resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     resource_scales: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    #: DONE tries set aside by resets of a finished task (taskfarm's `restart?all=True`): its
+    #: DONE instances are these plus the current one (`farmstead db check` counts them)
+    resets: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     time_submitted: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     time_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,6 +6,7 @@ the claim service, the transitions and the resume and cancel actions: nothing he
 status.
 """
 
+import time
 from typing import Any
 from uuid import uuid4
 
@@ -31,6 +32,10 @@ from farmstead.store.taskfarm import Run, TaskAt
 MAX_ATTEMPTS = 1000
 #: seconds a token from `GET /api/token` lasts (taskfarm's client never asks for another)
 TOKEN_SECONDS = 30 * 86400.0
+#: seconds a process keeps what it read of a run or a worker (neither ever changes; a run
+#: deleted through another process stays known here that long, its tasks already cancelled)
+CACHE_SECONDS = 5.0
+_known: dict[tuple[int, str, str], tuple[float, Any]] = {}
 INFO_KEYS = ("percentDone", "numWaiting", "numDone", "numComputing")
 TASK_INFO_KEYS = ("status", "percentCompleted")
 
@@ -45,8 +50,26 @@ def _task_view(at: TaskAt) -> dict[str, Any]:
     return {"id": at.id, "task": at.number, "percentCompleted": at.progress, "status": status}
 
 
-async def _run(conn: Conn, uuid: str, who: Principal) -> Run:
-    run = await store.run_by_uuid(conn, uuid)
+async def _cached(db_key: int, kind: str, key: str, read: Any) -> Any:
+    """What `read()` gives for (kind, key), kept for CACHE_SECONDS when found."""
+    now = time.monotonic()
+    hit = _known.get((db_key, kind, key))
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    value = await read()
+    if value is not None:
+        if len(_known) > 10_000:
+            _known.clear()
+        _known[(db_key, kind, key)] = (now + CACHE_SECONDS, value)
+    return value
+
+
+def _forget(db_key: int, kind: str, key: str) -> None:
+    _known.pop((db_key, kind, key), None)
+
+
+async def _run(db: Database, conn: Conn, uuid: str, who: Principal) -> Run:
+    run: Run | None = await _cached(id(db), "run", uuid, lambda: store.run_by_uuid(conn, uuid))
     if run is None:
         raise NotFound(f"no run {uuid}", uuid=uuid)
     if not who.may_touch(run.id):
@@ -54,10 +77,13 @@ async def _run(conn: Conn, uuid: str, who: Principal) -> Run:
     return run
 
 
-async def _task(conn: Conn, run: Run, number: int) -> TaskAt:
+async def _task(conn: Conn, run: Run, number: int, lock: bool = False) -> TaskAt:
     at = None
     if 0 <= number < run.num_tasks:
-        at = await store.task_at(conn, run.array_id, number)
+        if lock:
+            at = await store.task_at(conn, run.array_id, number, lock=True)
+        if at is None:
+            at = await store.task_at(conn, run.array_id, number)
     if at is None:
         raise NotFound(f"run {run.uuid} has no task {number} (0..{run.num_tasks - 1})")
     return at
@@ -100,7 +126,7 @@ async def info(db: Database, uuid: str, who: Principal) -> dict[str, Any]:
     """A run with its counts by taskfarm status and its percent done."""
 
     async def work(conn: Conn) -> dict[str, Any]:
-        run = await _run(conn, uuid, who)
+        run = await _run(db, conn, uuid, who)
         counts, progress = await store.tallies(conn, run.id)
         views = counts_by_view(counts)
         return {
@@ -118,7 +144,7 @@ async def get_task(db: Database, uuid: str, number: int, who: Principal) -> dict
     """Task `number` of a run."""
 
     async def work(conn: Conn) -> dict[str, Any]:
-        return _task_view(await _task(conn, await _run(conn, uuid, who), number))
+        return _task_view(await _task(conn, await _run(db, conn, uuid, who), number))
 
     return await in_transaction(db, work, write=False)
 
@@ -146,8 +172,10 @@ async def claim(db: Database, uuid: str, worker_uuid: str, who: Principal) -> di
     then it starts RUNNING for the worker, with the run's update deadline."""
 
     async def work(conn: Conn) -> dict[str, Any] | None:
-        run = await _run(conn, uuid, who)
-        worker = await store.worker(conn, worker_uuid)
+        run = await _run(db, conn, uuid, who)
+        worker = await _cached(
+            id(db), "worker", worker_uuid, lambda: store.worker(conn, worker_uuid)
+        )
         if worker is None:
             raise NotFound(f"no worker {worker_uuid}", worker_uuid=worker_uuid)
         if who.reporter is not None and worker["identity"] not in (None, who.identity):
@@ -195,8 +223,10 @@ async def update_task(
     """
 
     async def work(conn: Conn) -> None:
-        run = await _run(conn, uuid, who)
-        at = await _task(conn, run, number)
+        run = await _run(db, conn, uuid, who)
+        # the instance and its task locked first (then the deadline row): the lock order of
+        # every move; a task with no live instance is read unlocked, for the answer
+        at = await _task(conn, run, number, lock=True)
         view = TASKFARM_STATUS[TaskStatus(at.status)]
         if at.ti_id is None or at.ti_status == TIStatus.QUEUED:
             if status == view and percent is None:
@@ -207,11 +237,11 @@ async def update_task(
         if percent is not None or status == "computing":
             await _beat(conn, run, at, who)
         if percent is not None:
-            await store.set_progress(conn, at.id, percent)
+            # the task's status now: the beat may have moved it (a rescue from TRIAGING, a
+            # worker's first report of an instance that was only INSTANTIATED)
+            now = await store.set_progress(conn, at.id, percent)
             details = {"progress": percent, "by": who.name}
-            await insert_events(
-                conn, [EventRow(run.id, "task", at.id, at.status, at.status, details)]
-            )
+            await insert_events(conn, [EventRow(run.id, "task", at.id, now, now, details)])
         if status is not None and status != "computing":
             out = await transition_in(
                 conn,
@@ -247,7 +277,7 @@ async def _beat(conn: Conn, run: Run, at: TaskAt, who: Principal) -> None:
 async def restart(db: Database, uuid: str, who: Principal, everything: bool) -> dict[str, Any]:
     """Unfinished tasks back to waiting, leaving those whose worker still reports alone (their
     deadline is ahead); with `everything`, every task, done or computed, with no progress."""
-    run = await in_transaction(db, lambda c: _run(c, uuid, who), write=False)
+    run = await in_transaction(db, lambda c: _run(db, c, uuid, who), write=False)
     audit("taskfarm restart", who, workflow_id=run.id, all=everything)
     if everything:
         moved = await actions.stop_live(db, run.id, who, "reset by a restart of the whole run")
@@ -264,9 +294,10 @@ async def delete(db: Database, uuid: str, who: Principal) -> None:
     """A run leaves taskfarm's API at once; its workflow is cancelled and stays in history."""
 
     async def work(conn: Conn) -> Run:
-        run = await _run(conn, uuid, who)
+        run = await _run(db, conn, uuid, who)
         await store.forget_uuid(conn, run.id)
         return run
 
     run = await in_transaction(db, work)
+    _forget(id(db), "run", uuid)
     await actions.cancel(db, run.id, who)

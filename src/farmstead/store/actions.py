@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, case, exists, select, update
 
 from farmstead.db.engine import Conn
 from farmstead.db.types import db_now
@@ -55,6 +55,8 @@ async def requeue_tasks(conn: Conn, ids: Sequence[int]) -> None:
             num_attempts=TASK.c.num_attempts + 1,
             time_finished=None,
             time_started=None,
+            # a finished task reset (taskfarm's restart of everything): its DONE try stays
+            resets=TASK.c.resets + case((TASK.c.status == "D", 1), else_=0),
         )
         .execution_options(synchronize_session=False)
     )

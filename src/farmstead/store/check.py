@@ -39,10 +39,11 @@ CHECKS: dict[str, tuple[str, str]] = {
         f"WHERE ti.status IN ({_LIVE}) AND NOT ({_PAIRS})",
     ),
     "done_without_one_done_instance": (
-        "a DONE task without exactly one DONE instance, or a DONE instance of another task",
+        "a DONE task without exactly one DONE instance (besides those of its resets), or a DONE "
+        "instance of another task",
         "SELECT t.id FROM task t LEFT JOIN (SELECT task_id, count(*) AS n FROM task_instance "
         "WHERE status = 'D' GROUP BY task_id) d ON d.task_id = t.id "
-        "WHERE (t.status = 'D') != (coalesce(d.n, 0) = 1) OR coalesce(d.n, 0) > 1",
+        "WHERE coalesce(d.n, 0) != t.resets + CASE WHEN t.status = 'D' THEN 1 ELSE 0 END",
     ),
     "deadline_mismatch": (
         "an instance LAUNCHED or RUNNING without a deadline row, or one in another status with one",

@@ -8,13 +8,25 @@ number of tasks is its first batch's last step + 1 (an index lookup, not a count
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from farmstead.db.engine import Conn
+from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now
 from farmstead.fsm import LIVE_TI
 from farmstead.store.bulk import Sweep
-from farmstead.store.sql import ARRAY, DEADLINE, TASK, TF_WORKER, TI, WORKFLOW
+from farmstead.store.sql import ARRAY, DEADLINE, TASK, TF_WORKER, TI, WORKFLOW, dialect
 
 _LIVE = sorted(s.value for s in LIVE_TI)
 
@@ -63,9 +75,14 @@ def _runs() -> Any:
     )
 
 
+def _run_by_uuid() -> Any:
+    return _runs().where(WORKFLOW.c.uuid == bindparam("uuid", type_=String()))
+
+
 async def run_by_uuid(conn: Conn, uuid: str) -> Run | None:
     """The run with this uuid."""
-    row = (await conn.execute(_runs().where(WORKFLOW.c.uuid == uuid))).first()
+    prepared = prepare(dialect(conn), "taskfarm_run", _run_by_uuid)
+    row = (await conn.run(prepared, {"uuid": uuid})).first()
     return None if row is None else Run(*row)
 
 
@@ -85,18 +102,50 @@ async def tallies(conn: Conn, workflow_id: int) -> tuple[dict[str, int], float]:
     return {s: int(n) for s, n, _ in rows}, float(sum(p or 0.0 for *_, p in rows))
 
 
-async def task_at(conn: Conn, array_id: int, number: int) -> TaskAt | None:
-    """Task `number` of a run's array and its live instance (if any)."""
-    first = select(TI.c.task_id).where(
-        TI.c.array_id == array_id, TI.c.array_batch_num == 1, TI.c.array_step_id == number
+def _first_try() -> Any:
+    """The task whose first instance is step `number` of the array's first batch."""
+    return (
+        select(TI.c.task_id)
+        .where(
+            TI.c.array_id == bindparam("array_id", type_=BigInteger()),
+            TI.c.array_batch_num == 1,
+            TI.c.array_step_id == bindparam("number", type_=Integer()),
+        )
+        .scalar_subquery()
     )
-    live = and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE))
-    stmt = (
-        select(TASK.c.id, TASK.c.status, TASK.c.progress, TI.c.id, TI.c.status, TI.c.reporter)
-        .select_from(TASK.outerjoin(TI, live))
-        .where(TASK.c.id == first.scalar_subquery())
+
+
+#: the live statuses written into the statement: a prepared statement has no expanding IN
+_LIVE_SQL: list[Any] = [literal_column(f"'{s}'") for s in _LIVE]
+_TASK_AT = (TASK.c.id, TASK.c.status, TASK.c.progress, TI.c.id, TI.c.status, TI.c.reporter)
+
+
+def _task_at() -> Any:
+    live = and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE_SQL))
+    return select(*_TASK_AT).select_from(TASK.outerjoin(TI, live)).where(TASK.c.id == _first_try())
+
+
+def _task_at_locked() -> Any:
+    return (
+        select(*_TASK_AT)
+        .select_from(TI)
+        .join(TASK, TASK.c.id == TI.c.task_id)
+        .where(TI.c.task_id == _first_try(), TI.c.status.in_(_LIVE_SQL))
+        .with_for_update(of=[TI, TASK])
     )
-    row = (await conn.execute(stmt)).first()
+
+
+async def task_at(conn: Conn, array_id: int, number: int, lock: bool = False) -> TaskAt | None:
+    """Task `number` of a run's array and its live instance (if any): one prepared SELECT.
+
+    `lock`: only a task with a live instance, both rows locked, the instance first (the
+    global lock order, store.locks); None when it has no live instance."""
+    name = dialect(conn)
+    if lock:
+        prepared = prepare(name, "taskfarm_task_at_locked", _task_at_locked)
+    else:
+        prepared = prepare(name, "taskfarm_task_at", _task_at)
+    row = (await conn.run(prepared, {"array_id": array_id, "number": number})).first()
     if row is None:
         return None
     return TaskAt(row[0], number, row[1], float(row[2] or 0.0), row[3], row[4], row[5])
@@ -108,9 +157,19 @@ async def task_number(conn: Conn, task_id: int) -> int:
     return int((await conn.execute(stmt)).scalar_one())
 
 
-async def set_progress(conn: Conn, task_id: int, percent: float) -> None:
-    """A task's percent done."""
-    await conn.execute(update(TASK).where(TASK.c.id == task_id).values(progress=percent))
+def _set_progress() -> Any:
+    return (
+        update(TASK)
+        .where(TASK.c.id == bindparam("task_id", type_=BigInteger()))
+        .values(progress=bindparam("percent", type_=Float()))
+        .returning(TASK.c.status)
+    )
+
+
+async def set_progress(conn: Conn, task_id: int, percent: float) -> str:
+    """A task's percent done; its status now."""
+    prepared = prepare(dialect(conn), "taskfarm_progress", _set_progress)
+    return str((await conn.run(prepared, {"task_id": task_id, "percent": percent})).scalar())
 
 
 async def reset_progress(conn: Conn, workflow_id: int) -> int:

@@ -23,7 +23,7 @@ Info = Annotated[str, Query(max_length=64, description="one key of the answer, o
 NO_CONTENT = 204
 
 
-def _pick(answer: dict[str, Any], info: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def pick(answer: dict[str, Any], info: str, keys: tuple[str, ...]) -> dict[str, Any]:
     if not info:
         return answer
     if info not in keys:
@@ -55,7 +55,7 @@ async def list_runs(db: DatabaseDep, who: PrincipalDep) -> dict[str, Any]:
 @router.get("/runs/{uuid}")
 async def get_run(db: DatabaseDep, who: PrincipalDep, uuid: Uuid, info: Info = "") -> Any:
     """A run with its counts (waiting, computing, done) and percent done, or one of them."""
-    return _pick(await taskfarm.info(db, uuid, who), info, taskfarm.INFO_KEYS)
+    return pick(await taskfarm.info(db, uuid, who), info, taskfarm.INFO_KEYS)
 
 
 @router.delete("/runs/{uuid}", status_code=NO_CONTENT)
@@ -95,7 +95,7 @@ async def get_task(
     db: DatabaseDep, who: PrincipalDep, uuid: Uuid, n: Number, info: Info = ""
 ) -> Any:
     """Task n: id, task, percentCompleted, status; or one of them."""
-    return _pick(await taskfarm.get_task(db, uuid, n, who), info, taskfarm.TASK_INFO_KEYS)
+    return pick(await taskfarm.get_task(db, uuid, n, who), info, taskfarm.TASK_INFO_KEYS)
 
 
 @router.put("/runs/{uuid}/tasks/{n}", status_code=NO_CONTENT)
