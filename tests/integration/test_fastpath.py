@@ -112,6 +112,14 @@ async def test_array_lookup_answers_alike(client: httpx.AsyncClient) -> None:
     ("GET", "/v3/fsm/task_instance/5/log_done", FAST, b"", False),
     ("GET", "/v3/fsm/get_array_task_instance_id/1/2/3", {}, b"", True),
     ("GET", "/v3/fsm/get_array_task_instance_id/0/2/3", {}, b"", False),
+    ("POST", "/api/runs/ab12/task", FAST, b'{"worker_uuid": "w"}', True),
+    ("POST", "/api/runs/ab12/task", SLOW, b'{"worker_uuid": "w"}', False),
+    ("POST", "/api/runs/ab12/task", FAST, b"{}", False),  # invalid: FastAPI words the 400
+    ("PUT", "/api/runs/ab12/tasks/3", FAST, b'{"percentCompleted": 5}', True),
+    ("PUT", "/api/runs/ab12/tasks/3", FAST, b'{"percentCompleted": 5, "x": 1}', False),
+    ("GET", "/api/runs/ab12/tasks/3", {}, b"", True),
+    ("GET", "/api/runs/ab12", {}, b"", False),  # not a worker call
+    ("POST", "/api/runs/ab12/restart", FAST, b"", False),
 ])
 async def test_what_the_fast_path_takes(client: httpx.AsyncClient, method: str, path: str,
                                         headers: dict[str, str], body: bytes,
@@ -128,3 +136,36 @@ async def test_what_the_fast_path_takes(client: httpx.AsyncClient, method: str, 
     assert bool(sent) is taken
     if taken:  # instance 5 / array 1 may or may not exist: an answer either way
         assert sent[0]["status"] in (200, 404)
+
+
+async def test_taskfarm_calls_answer_alike(client: httpx.AsyncClient) -> None:
+    run = (await ok(client.post("/api/run", json={"numTasks": 4}), 201))["uuid"]
+    await ok(client.post("/api/worker", json={"uuid": "w", "hostname": "h", "pid": 1}), 201)
+    fast, slow = await both(client, "POST", f"/api/runs/{run}/task", {"worker_uuid": "w"})
+    assert fast.status_code == slow.status_code == 201, (fast.text, slow.text)
+    assert fast.json().keys() == slow.json().keys()
+    assert fast.json()["status"] == slow.json()["status"] == "computing"
+    n = fast.json()["task"]
+    task = f"/api/runs/{run}/tasks/{n}"
+    # an unknown query parameter sends a GET on to FastAPI, which ignores it
+    for info in ("", "status", "percentCompleted"):
+        got = await client.get(task, params={"info": info})
+        framework = await client.get(task, params={"info": info, "slow": "1"})
+        assert (got.status_code, got.json()) == (framework.status_code, framework.json()) == (
+            200, got.json())
+    for query in ({"info": "nope"}, {}):
+        bad = f"/api/runs/{run}/tasks/99" if not query else task
+        got = await client.get(bad, params=query)
+        framework = await client.get(bad, params={**query, "slow": "1"})
+        assert got.status_code == framework.status_code == 404
+        assert got.json() == framework.json()
+    fast, slow = await both(client, "PUT", task, {"percentCompleted": 40})
+    assert fast.status_code == slow.status_code == 204 and fast.content == slow.content == b""
+    for body in ({"percentCompleted": 140}, {"bogus": 1}):
+        fast, slow = await both(client, "PUT", task, body)
+        assert fast.status_code == slow.status_code == 400
+        assert fast.json() == slow.json()
+    same(*await both(client, "PUT", f"/api/runs/nope/tasks/{n}", {"percentCompleted": 1}), 404)
+    same(*await both(client, "POST", "/api/runs/nope/task", {"worker_uuid": "w"}), 404)
+    assert (await client.get(task, params={"info": "percentCompleted"})).json() == {
+        "percentCompleted": 40.0}
