@@ -71,6 +71,7 @@ from taskfarm_worker import TaskFarmWorker
 
 base, user, password, run = sys.argv[1:5]
 lat = {"claim": [], "get": [], "progress": [], "done": []}
+slow = []  # (seconds since the start, kind, seconds) of calls over half a second
 timing = False
 send = requests.Session.request
 
@@ -86,13 +87,17 @@ def timed(self, method, url, *args, **kwargs):
                 kind = "get"
             else:
                 kind = "done" if "status" in (kwargs.get("json") or {}) else "progress"
-            lat[kind].append(time.perf_counter() - start)
+            took = time.perf_counter() - start
+            lat[kind].append(took)
+            if took > 0.5:
+                slow.append((round(start - go, 3), kind, round(took, 3)))
 
 requests.Session.request = timed
 worker = TaskFarmWorker(user, password, run, url_base=base)
 print("ready", flush=True)
 sys.stdin.readline()
 timing = True
+go = time.perf_counter()
 cpu = time.process_time()
 got = []
 for n in worker.tasks:
@@ -101,7 +106,8 @@ for n in worker.tasks:
         worker.update(p * 10)
     worker.done()
 cpu = time.process_time() - cpu
-print(json.dumps({"tasks": got, "lat": lat, "end": time.time(), "cpu": cpu}), flush=True)
+print(json.dumps({"tasks": got, "lat": lat, "end": time.time(), "cpu": cpu, "slow": slow}),
+      flush=True)
 """
 
 
@@ -298,6 +304,7 @@ def measure(
         "client_ms_per_call": 1000 * sum(r["cpu"] for r in reports) / max(calls, 1),
         "machine_ms_per_call": 1000 * busy / max(calls, 1),
         "twice": sum(1 for c in handed.values() if c > 1),
+        "slow": sorted(x for r in reports for x in r["slow"]),
         "missing": tasks - len(handed),
         "done": info.get("numDone"),
         **{f"{k}_p50": 1000 * pct(v, 50) for k, v in lat.items()},

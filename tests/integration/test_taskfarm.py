@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from factories import TI, app_client, ok, sql_rows
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import create_async_engine
 from test_auth import _admin_token, secured_settings
 
 from farmstead.db.engine import Database, make_database
@@ -315,3 +316,43 @@ async def test_restart_spares_live_workers_and_all_resets_everything(
         assert sorted(c["task"] for c in claimed if c) == [0, 1, 2, 3]
     finally:
         await db.dispose()
+
+
+async def test_a_claim_takes_no_lock_on_the_run(farm: Farm, db_url: str, backend: str) -> None:
+    """taskfarm locks the run row for every claim; here a claim waits for nobody: with the
+    run's workflow and array rows locked by another transaction as any update of them would
+    (FOR NO KEY UPDATE: a claim that wrote or locked them would wait) and one of its QUEUED
+    instances locked, claims go on and skip the locked instance. (Rows that reference the run
+    take PostgreSQL's shared key lock on it, which only a change of its key would wait for.)"""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer and no row locks: nothing to hold")
+    run = await farm.run(3)
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn, conn.begin():
+            held = {"wf": run["id"]}
+            await conn.execute(
+                text("SELECT 1 FROM workflow WHERE id = :wf FOR NO KEY UPDATE"), held
+            )
+            await conn.execute(
+                text('SELECT 1 FROM "array" WHERE workflow_id = :wf FOR NO KEY UPDATE'), held
+            )
+            first = await conn.execute(
+                text(
+                    "SELECT id, array_step_id FROM task_instance WHERE workflow_id = :wf "
+                    "ORDER BY id LIMIT 1 FOR UPDATE"
+                ),
+                held,
+            )
+            _, locked_step = first.one()
+            worker = await farm.worker("w1", "nolock")
+            got = [await asyncio.wait_for(farm.claim("w1", run["uuid"], worker), 30)]
+            got.append(await asyncio.wait_for(farm.claim("w1", run["uuid"], worker), 30))
+            assert sorted(t["task"] for t in got if t) == sorted({0, 1, 2} - {locked_step})
+            # the locked one is not handed out meanwhile: none is left for now
+            assert await asyncio.wait_for(farm.claim("w1", run["uuid"], worker), 30) is None
+        # once the other transaction ends, it is
+        last = await farm.claim("w1", run["uuid"], worker)
+        assert last is not None and last["task"] == locked_step
+    finally:
+        await engine.dispose()
