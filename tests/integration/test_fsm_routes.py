@@ -349,6 +349,9 @@ async def test_transitions_table_is_served(client: httpx.AsyncClient) -> None:
     assert "R" in body["task_instance"]["valid"]["T"]
     assert body["task_instance"]["valid"]["D"] == []
     assert set(body["task"]["statuses"]) == set("GQIORDEAF")
+    taskfarm = body["vocabularies"]["taskfarm"]
+    assert set(taskfarm) == set("GQIORDEAF")  # every status has a word
+    assert (taskfarm["Q"], taskfarm["R"], taskfarm["D"]) == ("waiting", "computing", "done")
 
 
 @BOTH

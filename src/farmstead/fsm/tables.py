@@ -3,6 +3,7 @@
 from typing import Any
 
 from farmstead.fsm.statuses import TERMINAL_TI, TaskStatus, TIStatus
+from farmstead.fsm.taskfarm import TASKFARM_STATUS
 
 TI = TIStatus
 T = TaskStatus
@@ -151,6 +152,9 @@ def tables_as_json() -> dict[str, Any]:
             "statuses": {s.value: s.name for s in TaskStatus},
             "valid": {s.value: sorted(d.value for d in TASK_VALID[s]) for s in TaskStatus},
         },
+        # the other faces' words for the task statuses (taskfarm's /api: waiting, computing,
+        # done)
+        "vocabularies": {"taskfarm": {s.value: v for s, v in TASKFARM_STATUS.items()}},
     }
 
 
