@@ -169,7 +169,16 @@ class ServerProcess:
         self.env = {f"FARMSTEAD_{k.upper()}": str(v) for k, v in env.items()}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> "ServerProcess":
+    def start(self, timeout: float = 60) -> "ServerProcess":
+        """Start it and wait until it answers; a server that does not is stopped, not left
+        running (a loaded machine can take long to start two processes)."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def _start(self, timeout: float) -> "ServerProcess":
         env = {**os.environ, **self.env, "FARMSTEAD_DATABASE_URL": self.db_url}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
