@@ -323,12 +323,14 @@ async def test_a_claim_takes_no_lock_on_the_run(farm: Farm, db_url: str, backend
     run's workflow and array rows locked by another transaction as any update of them would
     (FOR NO KEY UPDATE: a claim that wrote or locked them would wait) and one of its QUEUED
     instances locked, claims go on and skip the locked instance. (Rows that reference the run
-    take PostgreSQL's shared key lock on it, which only a change of its key would wait for.)"""
-    if backend == "sqlite":
-        pytest.skip("SQLite has one writer and no row locks: nothing to hold")
+    take PostgreSQL's shared key lock on it, which only a change of its key would wait for.)
+    On SQLite, which has no row locks, claims go on past a reader of the run instead."""
     run = await farm.run(3)
     engine = create_async_engine(db_url)
     try:
+        if backend == "sqlite":
+            await _claims_pass_an_open_reader(farm, engine, run)
+            return
         async with engine.connect() as conn, conn.begin():
             held = {"wf": run["id"]}
             await conn.execute(
@@ -356,3 +358,16 @@ async def test_a_claim_takes_no_lock_on_the_run(farm: Farm, db_url: str, backend
         assert last is not None and last["task"] == locked_step
     finally:
         await engine.dispose()
+
+
+async def _claims_pass_an_open_reader(farm: Farm, engine: Any, run: dict[str, Any]) -> None:
+    """SQLite has no row locks and one writer: what a claim must not wait for is a reader.
+    With another connection inside a read transaction on the run's rows (WAL), every task of
+    the run is still handed out, once."""
+    async with engine.connect() as conn, conn.begin():
+        held = {"wf": run["id"]}
+        await conn.execute(text("SELECT * FROM workflow WHERE id = :wf"), held)
+        await conn.execute(text("SELECT * FROM task_instance WHERE workflow_id = :wf"), held)
+        worker = await farm.worker("w1", "nolock")
+        got = [await asyncio.wait_for(farm.claim("w1", run["uuid"], worker), 30) for _ in "abc"]
+        assert sorted(t["task"] for t in got if t) == [0, 1, 2]
