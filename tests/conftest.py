@@ -31,6 +31,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = [
+    "agent",
     "taskfarm_worker",
     "api_token",
     "app_user",
@@ -41,6 +42,8 @@ TABLES = [
     "task",
     "array",
     "workflow",
+    "queue",
+    "array_count",  # after task_instance: deleting instances counts them down (SQLite)
 ]
 
 

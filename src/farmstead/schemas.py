@@ -143,6 +143,7 @@ class ClaimRequest(Strict):
 
     limit: int = Field(1, ge=1, le=10_000)
     workflow_id: DbId | None = None
+    agent_id: DbId | None = Field(None, description="the claiming agent (POST /v3/agents)")
 
 
 class Claimed(BaseModel):
@@ -230,6 +231,98 @@ class ArraySpec(Strict):
         return self.last - self.first + 1
 
 
+QueuePath = Annotated[str, Field(min_length=1, max_length=1024, examples=["/render/film-a"])]
+Weight = Annotated[float, Field(gt=0, le=1e9)]
+Agents = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class QueueKnobs(Strict):
+    """A queue's or a workflow's place among its siblings (PyFarm's knobs)."""
+
+    priority: Int32 | None = Field(None, description="higher first (default 0)")
+    weight: Weight | None = Field(None, description="share of agents among siblings (default 10)")
+    minimum_agents: Agents | None = None
+    maximum_agents: Agents | None = None
+
+
+class QueueCreate(QueueKnobs):
+    path: QueuePath
+
+
+class QueueChange(QueueKnobs):
+    move_to: QueuePath | None = Field(None, description="a new parent queue ('/' for the root)")
+    clear: list[Literal["minimum_agents", "maximum_agents"]] = Field(
+        [], max_length=2, description="knobs to unset"
+    )
+
+
+class QueueOut(BaseModel):
+    id: int
+    name: str
+    path: str
+    parent: str | None
+    priority: int
+    weight: float
+    minimum_agents: int | None
+    maximum_agents: int | None
+    agents: int = Field(description="agents working in it now (claimed instances below it)")
+    queued: int = Field(description="QUEUED instances below it")
+    workflows: list[int] = Field(description="active workflows directly in it")
+
+
+class QueuesOut(BaseModel):
+    data: list[QueueOut]
+
+
+class WorkflowPlace(QueueKnobs):
+    """Move a workflow to a queue and/or change its knobs."""
+
+    queue: QueuePath | None = None
+
+
+class AgentCreate(Strict):
+    name: Name
+    hostname: NodeName
+    kind: Literal["local", "worker", "taskfarm", "slurm", "other"] = "other"
+    pid: int | None = Field(None, ge=0, le=2**62)
+    slots: int = Field(1, ge=1, le=100_000)
+
+
+class AgentOut(BaseModel):
+    id: int
+    name: str
+    hostname: str
+    kind: str
+    pid: int | None
+    slots: int
+    identity: str | None
+    created_date: datetime
+    last_seen_date: datetime
+    last_claim_date: datetime | None
+
+
+class AgentsOut(BaseModel):
+    data: list[AgentOut]
+
+
+class Reason(BaseModel):
+    code: str = Field(
+        description="running, claimed, done, failed, cancelled, retry_hold, pull, array_limit, "
+        "queue_maximum, workflow_maximum, avoids_agent, no_agent, waiting, between_tries, status"
+    )
+    message: str
+    data: dict[str, Any]
+
+
+class ExplainOut(BaseModel):
+    task_id: int
+    status: str
+    status_name: str
+    attempts: int = Field(description="times handed to an agent")
+    failures: int = Field(description="tries that failed")
+    reasons: list[Reason]
+
+
 class WorkflowCreate(Strict):
     """A workflow and its tasks: a list, or an array over a range."""
 
@@ -241,7 +334,20 @@ class WorkflowCreate(Strict):
     resources: Resources | None = None
     resource_scales: ResourceScales | None = None
     retry_delay: float = Field(0.0, ge=0, le=7 * 86400, description="seconds before a retry")
-    max_concurrently_running: int = Field(10_000, ge=1, le=2**31 - 1)
+    max_concurrently_running: int = Field(
+        10_000, ge=1, le=2**31 - 1, description="most instances of its array holding an agent"
+    )
+    queue: QueuePath | None = Field(None, description="the queue it goes into (default: /)")
+    weight: Weight = Field(10.0, description="its share of agents among its queue's children")
+    minimum_agents: Agents | None = Field(None, description="agents it is given first")
+    maximum_agents: Agents | None = Field(None, description="agents it never goes above")
+
+    @model_validator(mode="after")
+    def _agents(self) -> "WorkflowCreate":
+        low, high = self.minimum_agents, self.maximum_agents
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"minimum_agents ({low}) is above maximum_agents ({high})")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> "WorkflowCreate":
@@ -274,6 +380,11 @@ class WorkflowOut(BaseModel):
     uuid: str | None = Field(
         None, description="a taskfarm run's uuid: its tasks are claimed through /api only"
     )
+    queue: str = Field("/", description="the queue it is in")
+    priority: int = 0
+    weight: float = 10.0
+    minimum_agents: int | None = None
+    maximum_agents: int | None = None
 
 
 class WorkflowsOut(BaseModel):
@@ -285,11 +396,13 @@ class TaskOut(BaseModel):
     id: int
     name: str
     status: str
-    num_attempts: int
+    num_attempts: int = Field(description="tries created")
     max_attempts: int
     array_id: int
     progress: float
-    last_error: str | None
+    last_error: str | None = Field(description="the last try's error (cleared when done)")
+    attempts: int = Field(0, description="times handed to an agent")
+    failures: int = Field(0, description="tries that failed")
 
 
 class TasksOut(BaseModel):

@@ -4,6 +4,7 @@ Commands run with a local executor (`--local-workers`), so what a submitted comm
 checked by running it, not by reading what was stored.
 """
 
+import itertools
 import json
 import os
 import socket
@@ -340,3 +341,53 @@ def test_operator_nouns(local: Any) -> None:
     assert watch(url, bad).returncode == 1  # it fails again, as it must
     assert len(api(url, f"/v3/tasks/{task['id']}")["instances"]) == 2
     assert "cancel" in ok(url, "workflows", "cancel", str(good))
+
+
+# ---- queues, agents and explain ----------------------------------------------------------
+
+
+def test_a_queue_maximum_the_executor_keeps_and_explain(local: Any) -> None:
+    url = local.url
+    assert "no queues yet" in cli(url, "queues", "list").stderr
+    ok(url, "queues", "create", "/render")
+    ok(url, "queues", "create", "/render/film-a", "--max-agents", "1", "--weight", "3")
+    listed = read_json(url, "queues", "list")["data"]
+    assert [(q["path"], q["maximum_agents"]) for q in listed] == [
+        ("/render", None),
+        ("/render/film-a", 1),
+    ]
+    wf = submit(url, "--queue", "/render/film-a", "--array", "0-3", "--", "sleep", "1")
+    shown = ok(url, "workflows", "show", str(wf))
+    assert "/render/film-a" in shown
+
+    def held() -> str | None:
+        for t in tasks_of(url, wf):
+            if t["status"] == "Q":
+                out = ok(url, "tasks", "explain", str(t["id"]))
+                if "maximum of 1 agents" in out:
+                    return out
+        return None
+
+    text = wait_for(held, 30, "a task held by its queue's maximum")
+    assert "queue /render/film-a is at its maximum of 1 agents" in text
+    agents = read_json(url, "agents", "list")["data"]
+    assert [a["kind"] for a in agents] == ["local"] and agents[0]["slots"] == 2
+    assert watch(url, wf).returncode == 0
+    # two local slots, but the queue allows one agent: the tries never overlapped
+    detail = [api(url, f"/v3/tasks/{t['id']}") for t in tasks_of(url, wf)]
+    times = sorted((d["time_started"], d["time_finished"]) for d in detail)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(times)), times
+    done_text = ok(url, "tasks", "explain", str(tasks_of(url, wf)[0]["id"]))
+    assert "DONE" in done_text and "1 attempt(s)" in done_text
+
+    refused = cli(url, "queues", "delete", "/render/film-a")
+    assert refused.returncode == 1 and "holds 0 queue(s) and 1 workflow(s)" in refused.stderr
+    ok(url, "workflows", "place", str(wf), "--queue", "/", "--priority", "2")
+    ok(url, "queues", "set", "/render/film-a", "--no-max", "--move-to", "/")
+    assert [q["path"] for q in read_json(url, "queues", "list")["data"]] == [
+        "/film-a",
+        "/render",
+    ]
+    ok(url, "queues", "delete", "/film-a")
+    missing = cli(url, "submit", "--queue", "/nope", "--", "true")
+    assert missing.returncode == 2 and "no queue /nope" in missing.stderr

@@ -136,6 +136,15 @@ PINNED = {
     ("POST", "/api/runs/{uuid}/task"): "work",
     ("PUT", "/api/runs/{uuid}/tasks/{n}"): "work",
     ("POST", "/api/worker"): "work",
+    ("GET", "/v3/queues"): "read",
+    ("POST", "/v3/queues"): "operate",
+    ("PATCH", "/v3/queues/{path}"): "operate",
+    ("DELETE", "/v3/queues/{path}"): "operate",
+    ("PATCH", "/v3/workflows/{workflow_id}"): "operate",
+    ("POST", "/v3/agents"): "work",
+    ("POST", "/v3/agents/{agent_id}/heartbeat"): "work",
+    ("GET", "/v3/agents"): "read",
+    ("GET", "/v3/tasks/{task_id}/explain"): "read",
 }
 WHO = ["admin", "operator", "viewer", "worker", "worker_b"]
 ROLE_OF = {"worker_b": "worker"}
@@ -159,6 +168,8 @@ def _fill(farm: Farm, path: str) -> str:
         "name": "nobody",
         "uuid": "0123456789abcdef0123456789abcdef",  # no such taskfarm run: 404 once let in
         "n": 0,
+        "path": "no/such/queue",  # 404 once let in
+        "agent_id": 999_999,
     }
     return re.sub(r"\{(\w+)\}", lambda m: str(values[m[1]]), path)
 

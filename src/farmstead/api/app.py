@@ -20,6 +20,7 @@ from farmstead.api.routes_auth import router as auth_router
 from farmstead.api.routes_fsm import router as fsm_router
 from farmstead.api.routes_instances import router as instances_router
 from farmstead.api.routes_meta import router as meta_router
+from farmstead.api.routes_queues import router as queues_router
 from farmstead.api.routes_workflows import router as workflows_router
 from farmstead.api.taskfarm import router as taskfarm_router
 from farmstead.db.engine import make_database
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(workflows_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(instances_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    app.include_router(queues_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(auth_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(
         taskfarm_router, prefix="/api", generate_unique_id_function=_unique_id("taskfarm")

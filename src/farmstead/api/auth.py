@@ -46,8 +46,11 @@ _PUBLIC = frozenset(
 )
 _DOCS = ("/docs", "/redoc", "/static-offline-docs/")
 _WORKER = ("/v3/fsm/", "/api/v3/")
-_WORK_ROUTES = frozenset({"/v3/claims", "/v3/task_instances/status"})
+_WORK_ROUTES = frozenset({"/v3/claims", "/v3/task_instances/status", "/v3/agents"})
+_AGENT_BEAT = re.compile(r"/v3/agents/[^/]+/heartbeat")
 _OPERATE = re.compile(r"/v3/workflows(?:/[^/]+/(?:cancel|resume))?")
+#: operators run the farm: queues, and where workflows sit in them
+_OPERATE_EDITS = re.compile(r"/v3/(?:queues(?:/.*)?|workflows/[^/]+)")
 _RUN = r"/api/runs/[^/]+"
 #: taskfarm's face (`/api/…` but Jobmon's `/api/v3/…`): (method, path, what it needs)
 _TASKFARM = [
@@ -82,7 +85,9 @@ def permission(method: str, path: str) -> Permission:
     """What a route needs: the one table, by path and method; anything unlisted is admin's."""
     if path in _PUBLIC or path.startswith(_DOCS):
         return P.PUBLIC
-    if path.startswith(_WORKER) or path in _WORK_ROUTES:
+    if path.startswith(_WORKER) or (method == "POST" and path in _WORK_ROUTES):
+        return P.WORK
+    if method == "POST" and _AGENT_BEAT.fullmatch(path):
         return P.WORK
     if path.startswith("/api/"):
         return _taskfarm(method, path)
@@ -95,6 +100,8 @@ def permission(method: str, path: str) -> Permission:
         if method in _SAFE:
             return P.READ
         if method == "POST" and _OPERATE.fullmatch(path):
+            return P.OPERATE
+        if method in ("POST", "PATCH", "DELETE") and _OPERATE_EDITS.fullmatch(path):
             return P.OPERATE
     return P.ADMIN
 

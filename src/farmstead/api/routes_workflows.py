@@ -119,7 +119,9 @@ async def resume_workflow(
 
 @router.post("/claims", response_model=ClaimsOut)
 async def create_claims(db: DatabaseDep, who: PrincipalDep, body: ClaimRequest) -> Any:
-    """Take up to `limit` QUEUED instances to run (they become INSTANTIATED), by priority.
+    """Take up to `limit` QUEUED instances to run (they become INSTANTIATED): workflows by the
+    queue rules (minimum, priority, weight, maximum agents), arrays within their concurrency
+    limits, each workflow's instances by priority.
 
     A worker token scoped to one workflow claims from it; scoped to several, it names one."""
     workflow_id = body.workflow_id
@@ -132,4 +134,4 @@ async def create_claims(db: DatabaseDep, who: PrincipalDep, body: ClaimRequest) 
             )
         elif not who.may_touch(workflow_id):
             raise Forbidden("this token may claim only from its own workflows")
-    return {"data": await claims.claim(db, body.limit, workflow_id)}
+    return {"data": await claims.claim(db, body.limit, workflow_id, agent=body.agent_id)}

@@ -161,6 +161,8 @@ class Server:
                 EXIT_UNKNOWN,
                 hint="is `farmstead serve` running there? (--server-url or FARMSTEAD_SERVER_URL)",
             )
+        if resp.status_code == 204:  # done, nothing to say
+            return {}
         try:
             body = resp.json()
         except ValueError:

@@ -2,7 +2,7 @@
 
 import typer
 
-from farmstead.cli import access, db, serve, status, submit, tasks, worker, workflows
+from farmstead.cli import access, db, queues, serve, status, submit, tasks, worker, workflows
 
 app = typer.Typer(
     name="farmstead",
@@ -16,6 +16,8 @@ app.command("submit")(submit.submit)
 app.command("status")(status.status)
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(tasks.app, name="tasks")
+app.add_typer(queues.app, name="queues")
+app.add_typer(queues.agents, name="agents")
 app.add_typer(db.app, name="db")
 app.add_typer(worker.app, name="worker")
 app.add_typer(access.users, name="users")

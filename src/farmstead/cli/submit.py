@@ -9,6 +9,7 @@ import typer
 
 from farmstead.cli.common import err
 from farmstead.cli.http import DEFAULT_URL, AsJson, Server, ServerUrl, finite, usage
+from farmstead.cli.queues import MaxAgents, MinAgents, Priority, Weight, knobs
 from farmstead.cli.views import print_json
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
@@ -64,6 +65,16 @@ def submit(
     retry_delay: Annotated[
         float, typer.Option(callback=finite, help="seconds before a retry")
     ] = 0.0,
+    queue: Annotated[
+        str | None, typer.Option(help="the queue it goes into, e.g. /render/film-a (default /)")
+    ] = None,
+    priority: Priority = None,
+    weight: Weight = None,
+    min_agents: MinAgents = None,
+    max_agents: MaxAgents = None,
+    max_running: Annotated[
+        int | None, typer.Option(min=1, help="most of its tasks running at once")
+    ] = None,
     as_json: AsJson = False,
     server_url: ServerUrl = DEFAULT_URL,
 ) -> None:
@@ -84,7 +95,12 @@ def submit(
         "retry_delay": retry_delay,
         "resources": resources or None,
         "max_attempts": max_attempts,
+        **knobs(priority, weight, min_agents, max_agents),
     }
+    if queue is not None:
+        body["queue"] = queue
+    if max_running is not None:
+        body["max_concurrently_running"] = max_running
     if array is not None:
         first, last = parse_array(array)
         body["array"] = {"command": cmd, "first": first, "last": last, "name": f"{name}_{{i}}"}

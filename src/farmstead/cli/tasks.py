@@ -197,3 +197,25 @@ def logs(
         )
         return
     sys.stdout.write(tail if tail.endswith("\n") else tail + "\n")
+
+
+@app.command("explain")
+def explain(task_id: TaskId, as_json: AsJson = False, server_url: ServerUrl = DEFAULT_URL) -> None:
+    """Why a task is where it is: what it waits for (retry delay, array limit, a queue at its
+    maximum, no agent), or where it runs, or who cancelled it."""
+    server = Server(server_url)
+    out = server.expect(server.get(f"/v3/tasks/{task_id}/explain"), "status", "reasons")
+    if as_json:
+        print_json(out)
+        return
+    console = Console()
+    name = task_status_name(out["status"])
+    console.print(
+        Text.assemble(
+            f"task {task_id}: ",
+            styled(name, TASK_STYLE.get(out["status"])),
+            f" ({out['attempts']} attempt(s), {out['failures']} failure(s))",
+        )
+    )
+    for reason in out["reasons"]:
+        console.print(Text(f"  - {reason['message']}"))

@@ -16,6 +16,7 @@ from farmstead.cli.http import (
     WorkflowId,
     usage,
 )
+from farmstead.cli.queues import MaxAgents, MinAgents, Priority, Weight, knobs
 from farmstead.cli.status import fetch
 from farmstead.cli.views import counts_table, print_json, workflow_status, workflows_table
 
@@ -87,6 +88,18 @@ def show(
     if wf.get("uuid"):
         about.add_row("taskfarm run", f"{wf['uuid']} (its tasks are claimed through /api/)")
     about.add_row("status", workflow_status(wf))
+    limits = [
+        f"{k} {wf.get(k + '_agents')}"
+        for k in ("minimum", "maximum")
+        if wf.get(k + "_agents") is not None
+    ]
+    about.add_row(
+        "queue",
+        Text(
+            f"{wf.get('queue', '/')} (priority {wf.get('priority', 0)}, weight "
+            f"{wf.get('weight', 10):g}{''.join(', ' + x + ' agents' for x in limits)})"
+        ),
+    )
     about.add_row("tasks", f"{wf['total']} ({wf['percent_done']:.1f}% done)")
     about.add_row("created", str(wf.get("created_date")))
     if wf.get("cancelled_date"):
@@ -133,3 +146,25 @@ def resume(
 ) -> None:
     """Resume: failed (ERROR_FATAL) tasks get fresh tries; DONE tasks are left alone."""
     _action(Server(server_url), workflow, "resume", as_json, all=all_tasks or None)
+
+
+@app.command("place")
+def place(
+    workflow: WorkflowId,
+    queue: Annotated[str | None, typer.Option(help="move it to this queue ('/': the root)")] = None,
+    priority: Priority = None,
+    weight: Weight = None,
+    min_agents: MinAgents = None,
+    max_agents: MaxAgents = None,
+    server_url: ServerUrl = DEFAULT_URL,
+) -> None:
+    """Move a workflow to another queue, or change its priority, weight, minimum or maximum
+    agents; the next claims follow them."""
+    body: dict[str, Any] = knobs(priority, weight, min_agents, max_agents)
+    if queue is not None:
+        body["queue"] = queue
+    if not body:
+        usage("give --queue or a knob (--priority, --weight, --min-agents, --max-agents)")
+    server = Server(server_url)
+    server.call("PATCH", f"/v3/workflows/{workflow}", json=body)
+    typer.echo(f"workflow {workflow}: {', '.join(f'{k} {v}' for k, v in body.items())}")

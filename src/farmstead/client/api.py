@@ -1,6 +1,7 @@
 """An async HTTP client of farmstead's worker and distributor routes, retrying what is transient."""
 
 import logging
+import os
 from typing import Any
 
 import httpx
@@ -128,9 +129,18 @@ class Api:
 
     # --- distributor routes -------------------------------------------------------------
 
-    async def claim(self, limit: int, workflow_id: int | None = None) -> list[dict[str, Any]]:
-        out = await self.call("POST", "/v3/claims", {"limit": limit, "workflow_id": workflow_id})
+    async def claim(
+        self, limit: int, workflow_id: int | None = None, agent_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        body = {"limit": limit, "workflow_id": workflow_id, "agent_id": agent_id}
+        out = await self.call("POST", "/v3/claims", body)
         return list(out["data"])
+
+    async def register_agent(self, name: str, hostname: str, kind: str, slots: int) -> int:
+        """Register this claimer as an agent; its id goes with its claims."""
+        body = {"name": name, "hostname": hostname, "kind": kind, "pid": os.getpid(),
+                "slots": slots}  # fmt: skip
+        return int((await self.call("POST", "/v3/agents", body))["id"])
 
     async def log_distributor_id(self, ti_id: int, distributor_id: str, increment: float) -> None:
         await self.call(

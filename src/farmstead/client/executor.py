@@ -78,6 +78,7 @@ class LocalExecutor:
         #: set (e.g. by a second Ctrl-C) to end a drain: running commands are stopped
         self.abort_drain = asyncio.Event()
         self.running: dict[int, asyncio.Task[None]] = {}
+        self.agent_id: int | None = None
         self.workers: dict[int, asyncio.subprocess.Process] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._told: set[int] = set()  # workers already sent SIGTERM
@@ -91,6 +92,7 @@ class LocalExecutor:
         runner = Runner(api, self.config, watcher=self.state)
         try:
             await self._until_serving(api, stop)
+            await self._register(api)
             await self._reap_leftovers(api)
             await self._claim_loop(api, runner, stop)
         finally:
@@ -119,7 +121,7 @@ class LocalExecutor:
         if free <= 0:
             return False
         try:
-            claimed = await api.claim(free, self.workflow_id)
+            claimed = await api.claim(free, self.workflow_id, self.agent_id)
         except (ServerUnavailable, ClientError) as exc:
             log.warning("claim failed: %s", exc)
             return False
@@ -129,6 +131,15 @@ class LocalExecutor:
             self.running[ti_id] = task
             task.add_done_callback(self._forget(ti_id))
         return bool(claimed) and len(self.running) < self.slots
+
+    async def _register(self, api: Api) -> None:
+        """Become an agent (the queue rules count agents); without one it still claims."""
+        try:
+            self.agent_id = await api.register_agent(
+                f"local executor {self.host}", self.host, "local", self.slots
+            )
+        except (ServerUnavailable, ClientError) as exc:
+            log.warning("could not register as an agent (claiming without one): %s", exc)
 
     def _forget(self, ti_id: int) -> Callable[[asyncio.Task[None]], None]:
         def forget(_: asyncio.Task[None]) -> None:

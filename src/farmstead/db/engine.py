@@ -105,6 +105,8 @@ class Database:
     extra: list[Engine] = field(default_factory=list)
     held: HeldConnections | None = None  # PostgreSQL: connections kept ready (db/held.py)
     checkpointer: Checkpointer | None = None  # SQLite: WAL checkpoints off the write path
+    #: small per-database caches of the services (e.g. what a claim knows of its agent)
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

@@ -55,6 +55,69 @@ class Workflow(Base):
     uuid: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
     #: a taskfarm run: seconds a claimed task may go without an update before it expires
     pull_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the queue it was submitted into (null: the root); and its own knobs among its siblings
+    queue_id: Mapped[int | None] = mapped_column(ForeignKey("queue.id"), nullable=True, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    weight: Mapped[float] = mapped_column(Float, default=10.0, server_default=text("10"))
+    minimum_agents: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    maximum_agents: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Queue(Base):
+    """A job queue (PyFarm's): a tree under an implicit root `/`; workflows sit in queues."""
+
+    __tablename__ = "queue"
+    __table_args__ = (UniqueConstraint("parent_id", "name"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("queue.id"), nullable=True)
+    name: Mapped[str] = mapped_column(String(64))
+    #: the full path, e.g. `/render/film-a` (kept when a queue moves or is renamed)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    weight: Mapped[float] = mapped_column(Float, default=10.0, server_default=text("10"))
+    minimum_agents: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    maximum_agents: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Agent(Base):
+    """A claimer: a local executor, a `farmstead worker`, a taskfarm worker; it heartbeats
+    (its claims count as heartbeats). It is assigned to a workflow while it holds a live
+    instance of it."""
+
+    __tablename__ = "agent"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    hostname: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    pid: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    #: the identity (Principal.identity) of the credentials that registered it
+    identity: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_date: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_date: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: when it last got work from a claim
+    last_claim_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ArrayCount(Base):
+    """Running counters of an array's instances, kept by database triggers on task_instance in
+    the transaction of every move (migration 0008): QUEUED ones, and those holding an agent
+    (fsm.ASSIGNED_TI). Claims read them instead of counting rows."""
+
+    __tablename__ = "array_count"
+    __table_args__ = (
+        Index(
+            "ix_array_count_active_workflow_id",
+            "workflow_id",
+            sqlite_where=text("queued > 0 OR assigned > 0"),
+            postgresql_where=text("queued > 0 OR assigned > 0"),
+        ),
+    )
+    array_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    workflow_id: Mapped[int] = mapped_column(BigId)
+    queued: Mapped[int] = mapped_column(BigId, default=0, server_default=text("0"))
+    assigned: Mapped[int] = mapped_column(BigId, default=0, server_default=text("0"))
 
 
 class Array(Base):
@@ -106,6 +169,10 @@ class Task(Base):
     #: DONE tries set aside by resets of a finished task (taskfarm's `restart?all=True`): its
     #: DONE instances are these plus the current one (`farmstead db check` counts them)
     resets: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: times handed to an agent (PyFarm's attempts; num_attempts counts tries created)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: tries that failed (fsm.FAILED_TI); both kept by the triggers of migration 0008
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     time_submitted: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     time_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -170,6 +237,10 @@ class TaskInstance(Base):
     #: an instance of a pull-based run (taskfarm): only its run's own claims take it, so it
     #: stays out of the claim-order index farmstead's executors walk
     pull: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: the agent that claimed it
+    agent_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    #: a retry is not offered to this agent (its try failed there) while another could take it
+    avoid_agent_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
 
 
 # a workflow's instances by status; its QUEUED ones in claim order

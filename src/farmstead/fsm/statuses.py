@@ -70,3 +70,14 @@ def workflow_status(counts: dict[str, int], cancelled: bool = False) -> Workflow
     if counts.get(TaskStatus.ERROR_FATAL, 0):
         return WorkflowStatus.CANCELLED if cancelled else WorkflowStatus.FAILED
     return WorkflowStatus.DONE
+
+
+#: An instance that holds an agent (a claimer's slot): claimed or launched, running, triaging
+#: or being stopped. A workflow's agents are counted by these (db: `array_count.assigned`).
+ASSIGNED_TI: frozenset[TIStatus] = frozenset(
+    {TI.INSTANTIATED, TI.LAUNCHED, TI.RUNNING, TI.TRIAGING, TI.KILL_SELF}
+)
+#: Moves that count as a failure of the task's try (PyFarm's `failures`): an error report, a
+#: launch that never reported, or a worker that gave up for good (not a cancel of a queued one)
+FAILED_TI: frozenset[TIStatus] = ERROR_TI | {TI.NO_HEARTBEAT}
+FAILS_INTO_FATAL_FROM: frozenset[TIStatus] = frozenset({TI.LAUNCHED, TI.RUNNING, TI.TRIAGING})

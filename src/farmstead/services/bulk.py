@@ -142,12 +142,14 @@ async def _move_tasks(
     events: list[EventRow],
 ) -> None:
     values: dict[str, Any] = {}
-    if TaskStatus.RUNNING in move.task_path:
+    if TaskStatus.RUNNING in move.task_path:  # a new start: it has not finished (PyFarm)
         values["time_started"] = db_now()
+        values["time_finished"] = None
     if move.task_to in (TaskStatus.DONE, TaskStatus.ERROR_FATAL):
         values["time_finished"] = db_now()
     if move.task_to == TaskStatus.DONE:
         values["progress"] = 100.0
+        values["last_error"] = None  # done: the errors of earlier tries are history
     errors = {c.task_id: text[:10_000] for c in members if (text := why.get(c.ti_id))}
     texts = set(errors.values())
     if len(texts) == 1 and len(errors) == len(members):  # one text for all: a plain value
@@ -189,6 +191,7 @@ async def _queue_retries(
                     "array_batch_num": first + offset,
                     "array_step_id": 0,
                     "resources": res,
+                    "retry_of": c.ti_id,
                 }
             )
         for delay, rows in by_delay.items():

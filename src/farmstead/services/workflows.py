@@ -7,6 +7,7 @@ from typing import Any
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import workflow_status
 from farmstead.schemas import WorkflowCreate
+from farmstead.services import queues
 from farmstead.services.auth import SYSTEM, Principal, audit
 from farmstead.services.errors import BadRequest, NotFound
 from farmstead.services.uow import in_transaction
@@ -52,12 +53,20 @@ async def submit(
     }
 
     async def work(conn: Conn) -> dict[str, Any]:
+        place = {
+            "queue_id": await queues.queue_id_of(conn, req.queue),
+            "priority": req.priority,
+            "weight": req.weight,
+            "minimum_agents": req.minimum_agents,
+            "maximum_agents": req.maximum_agents,
+        }
         wf_id = await store.create_workflow(
             conn,
             req.name,
             req.retry_delay,
             None if pull is None else pull.uuid,
             None if pull is None else pull.timeout,
+            place,
         )
         array_name = req.array.name if req.array else req.name
         array_id = await store.create_array(

@@ -278,7 +278,8 @@ async def next_batches(conn: Conn, array_id: int, count: int) -> int:
 
 
 async def insert_queued(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert QUEUED instances (retries); returns their ids in order.
+    """Insert QUEUED instances (retries; `retry_of`: the failed instance); returns their ids in
+    order.
 
     Each takes its task's priority (the claim order) and its workflow's kind (pull-based or
     not) in the same statement.
@@ -290,6 +291,8 @@ async def insert_queued(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
     pull = select(WORKFLOW.c.pull_timeout.is_not(None)).where(
         WORKFLOW.c.id == bindparam("of_workflow")
     )
+    # not offered again to the agent the failed try ran on, while another agent could take it
+    failed_on = select(TI.c.agent_id).where(TI.c.id == bindparam("of_instance"))
     result = await conn.execute(
         TI.insert()
         .values(
@@ -297,9 +300,18 @@ async def insert_queued(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
             status_date=db_now(),
             priority=priority.scalar_subquery(),
             pull=pull.scalar_subquery(),
+            avoid_agent_id=failed_on.scalar_subquery(),
         )
         .returning(TI.c.id, sort_by_parameter_order=True),
-        [{**r, "of_task": r["task_id"], "of_workflow": r["workflow_id"]} for r in rows],
+        [
+            {
+                **{k: v for k, v in r.items() if k != "retry_of"},
+                "of_task": r["task_id"],
+                "of_workflow": r["workflow_id"],
+                "of_instance": r.get("retry_of"),
+            }
+            for r in rows
+        ],
     )
     return [int(r[0]) for r in result.all()]
 

@@ -4,8 +4,10 @@ from sqlalchemy import text
 
 from farmstead.db.engine import Conn
 from farmstead.fsm import CONSISTENT_LIVE_PAIRS, LIVE_TI
+from farmstead.fsm.statuses import ASSIGNED_TI
 
 _LIVE = ", ".join(f"'{s.value}'" for s in sorted(LIVE_TI))
+_ASSIGNED = ", ".join(f"'{s.value}'" for s in sorted(ASSIGNED_TI))
 _PAIRS = " OR ".join(
     f"(ti.status = '{a.value}' AND t.status = '{b.value}')"
     for a, b in sorted(CONSISTENT_LIVE_PAIRS)
@@ -44,6 +46,16 @@ CHECKS: dict[str, tuple[str, str]] = {
         "SELECT t.id FROM task t LEFT JOIN (SELECT task_id, count(*) AS n FROM task_instance "
         "WHERE status = 'D' GROUP BY task_id) d ON d.task_id = t.id "
         "WHERE coalesce(d.n, 0) != t.resets + CASE WHEN t.status = 'D' THEN 1 ELSE 0 END",
+    ),
+    "counter_mismatch": (
+        "an array whose running counters (array_count: QUEUED, holding an agent) differ from "
+        "its instances",
+        'SELECT a.id FROM "array" a LEFT JOIN array_count c ON c.array_id = a.id '
+        "LEFT JOIN (SELECT array_id, sum(CASE WHEN status = 'Q' THEN 1 ELSE 0 END) AS q, "
+        f"sum(CASE WHEN status IN ({_ASSIGNED}) THEN 1 ELSE 0 END) AS n "
+        "FROM task_instance GROUP BY array_id) i ON i.array_id = a.id "
+        "WHERE coalesce(c.queued, 0) != coalesce(i.q, 0) "
+        "OR coalesce(c.assigned, 0) != coalesce(i.n, 0)",
     ),
     "deadline_mismatch": (
         "an instance LAUNCHED or RUNNING without a deadline row, or one in another status with one",

@@ -24,6 +24,7 @@ from sqlalchemy import (
     literal_column,
     not_,
     null,
+    or_,
     select,
     true,
     union_all,
@@ -37,7 +38,7 @@ from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now
 from farmstead.fsm import Apply
 from farmstead.store.bulk import _QUEUED, _hold_passed, set_instances, set_tasks
-from farmstead.store.sql import EVENT, TASK, TI, WORKFLOW
+from farmstead.store.sql import EVENT, TASK, TI, WORKFLOW, ids_value
 
 
 class Claimable(NamedTuple):
@@ -72,9 +73,30 @@ def _where(by_workflow: bool, sqlite: bool, pull: bool = False) -> ColumnElement
     # a pull-based run's instances are claimed only by its own claims (taskfarm's face):
     # never by farmstead's executors, which walk an index that leaves them out
     where = and_(queued, pull_term(pull, sqlite), _hold_passed())
+    # arrays at their concurrency limit (`full`, maybe none); a retry is not offered to the
+    # agent its try failed on (`avoid`, or -1) while another agent could take it
+    avoid = bindparam("avoid", type_=BigInteger())
+    where = and_(
+        where,
+        _not_in_full(sqlite),
+        or_(TI.c.avoid_agent_id.is_(None), TI.c.avoid_agent_id != avoid),
+    )
     if by_workflow:
         where = and_(where, TI.c.workflow_id == bindparam("workflow_id", type_=BigInteger()))
     return where
+
+
+def _not_in_full(sqlite: bool) -> ColumnElement[bool]:
+    if not sqlite:
+        return TI.c.array_id != func.all(bindparam("full", type_=postgresql.ARRAY(BigInteger)))
+    each = func.json_each(bindparam("full", type_=Text())).table_valued("value")
+    return TI.c.array_id.not_in(select(each.c.value.cast(Integer)))
+
+
+def _filters(sqlite: bool, full: Sequence[int], avoid: int | None) -> dict[str, Any]:
+    """The parameters of `_where`'s filters."""
+    return {"full": ids_value(full, "sqlite" if sqlite else "postgresql"),
+            "avoid": -1 if avoid is None else avoid}  # fmt: skip
 
 
 def _candidates_sqlite(by_workflow: bool, pull: bool) -> Any:
@@ -101,7 +123,12 @@ def _candidates_sqlite(by_workflow: bool, pull: bool) -> Any:
 
 
 async def candidates(
-    conn: Conn, workflow_id: int | None, limit: int, pull: bool = False
+    conn: Conn,
+    workflow_id: int | None,
+    limit: int,
+    pull: bool = False,
+    full: Sequence[int] = (),
+    avoid: int | None = None,
 ) -> list[Claimable]:
     """SQLite (the writer's lock is held since BEGIN): read up to `limit` available QUEUED
     instances (of one workflow, or of any) in claim order, with their tasks: one statement.
@@ -116,7 +143,7 @@ async def candidates(
         ("claim_candidates", by_workflow, pull),
         lambda: _candidates_sqlite(by_workflow, pull),
     )
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": limit, **_filters(True, full, avoid)}
     if by_workflow:
         params["workflow_id"] = workflow_id
     return [Claimable(*r) for r in (await conn.run(prepared, params)).rows]
@@ -244,7 +271,9 @@ def _claim_pg(by_workflow: bool, pull: bool) -> Any:
     instances = (
         update(TI)
         .where(TI.c.id == ids(moved.c.ti_id))
-        .values(status=_TI_TO, status_date=db_now())
+        .values(
+            status=_TI_TO, status_date=db_now(), agent_id=bindparam("agent", type_=BigInteger())
+        )
         .cte("moved_instances")
     )
     changed = moved.c.task_to != moved.c.task_status
@@ -286,6 +315,9 @@ async def claim_pg(
     limit: int,
     details: dict[str, Any] | None,
     pull: bool = False,
+    full: Sequence[int] = (),
+    avoid: int | None = None,
+    agent: int | None = None,
 ) -> list[tuple[int, int, int, int, int, int]]:
     """PostgreSQL: claim up to `limit` instances as `moves` says, in one statement; the moved
     instances' (id, task, workflow, array, batch, step), by id."""
@@ -299,6 +331,8 @@ async def claim_pg(
         "ti_from": "Q",
         "ti_to": "I",
         "details": details,
+        "agent": agent,
+        **_filters(False, full, avoid),
     }
     if by_workflow:
         params["workflow_id"] = workflow_id
@@ -328,7 +362,11 @@ def _events_sqlite(with_task: bool) -> Any:
 
 
 async def apply_claim(
-    conn: Conn, move: Apply, members: Sequence[Claimable], details: dict[str, Any] | None
+    conn: Conn,
+    move: Apply,
+    members: Sequence[Claimable],
+    details: dict[str, Any] | None,
+    agent: int | None = None,
 ) -> None:
     """SQLite: apply `move` (one decision) to every member: instances, their tasks along the
     move's task path, one event per row moved and per task step (rows the caller holds)."""
@@ -340,7 +378,7 @@ async def apply_claim(
         "details": details,
     }
     with_task = bool(move.task_path)
-    await set_instances(conn, [m.ti_id for m in members], move.ti_to.value, {})
+    await set_instances(conn, [m.ti_id for m in members], move.ti_to.value, {"agent_id": agent})
     if with_task:
         path = [move.task_from.value, *(s.value for s in move.task_path)]
         await set_tasks(conn, [m.task_id for m in members], move.task_to.value, {})

@@ -17,6 +17,7 @@ from sqlalchemy import (
 
 from farmstead.db.engine import Conn
 from farmstead.db.types import JSONType, db_now
+from farmstead.store.scheduling import QUEUE
 from farmstead.store.sql import (
     ARRAY,
     ERRLOG,
@@ -37,14 +38,17 @@ async def create_workflow(
     retry_delay: float,
     uuid: str | None = None,
     pull_timeout: float | None = None,
+    place: dict[str, Any] | None = None,
 ) -> int:
-    """Insert a workflow (with `uuid`: a pull-based taskfarm run); returns its id."""
+    """Insert a workflow (with `uuid`: a pull-based taskfarm run; `place`: its queue_id and
+    knobs); returns its id."""
     stmt = WORKFLOW.insert().values(
         name=name,
         retry_delay=retry_delay,
         created_date=db_now(),
         uuid=uuid,
         pull_timeout=pull_timeout,
+        **(place or {}),
     )
     return int((await conn.execute(stmt.returning(WORKFLOW.c.id))).scalar_one())
 
@@ -293,10 +297,16 @@ async def record_event(
     )
 
 
+def _queue_path() -> Any:
+    """The path of the workflow's queue ('/': the root)."""
+    path = select(QUEUE.c.path).where(QUEUE.c.id == WORKFLOW.c.queue_id).scalar_subquery()
+    return func.coalesce(path, "/").label("queue")
+
+
 async def workflow_row(conn: Conn, workflow_id: int) -> dict[str, Any] | None:
     """A workflow's own columns."""
     row = (
-        (await conn.execute(select(WORKFLOW).where(WORKFLOW.c.id == workflow_id)))
+        (await conn.execute(select(WORKFLOW, _queue_path()).where(WORKFLOW.c.id == workflow_id)))
         .mappings()
         .first()
     )
@@ -351,7 +361,7 @@ async def list_workflows(
     below_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Workflows, newest first; only names containing `name` (any case), ids below `below_id`."""
-    stmt = select(WORKFLOW)
+    stmt = select(WORKFLOW, _queue_path())
     if name:
         stmt = stmt.where(WORKFLOW.c.name.icontains(name, autoescape=True))
     if below_id is not None:
@@ -384,6 +394,8 @@ async def list_tasks(
             TASK.c.array_id,
             TASK.c.progress,
             TASK.c.last_error,
+            TASK.c.attempts,
+            TASK.c.failures,
         )
         .where(*where, TASK.c.id > after_id)
         .order_by(TASK.c.id)
