@@ -30,17 +30,20 @@ class Node:
     maximum: int | None = None
     assigned: int = 0
     claimable: int = 0
+    #: QUEUED instances below it, claimable or not (what an operator sees)
+    queued: int = 0
     #: most more agents the node itself may take now (e.g. its arrays' concurrency limits)
     room: int | None = None
     children: list["Node"] = field(default_factory=list)
 
     def total(self) -> None:
-        """Sum `assigned` and `claimable` of the queues from their leaves (leaves hold them)."""
+        """Sum the queues' `assigned`, `claimable` and `queued` from their leaves."""
         for child in self.children:
             child.total()
         if self.children:
             self.assigned = sum(c.assigned for c in self.children)
             self.claimable = sum(c.claimable for c in self.children)
+            self.queued = sum(c.queued for c in self.children)
 
     @property
     def leaf(self) -> bool:

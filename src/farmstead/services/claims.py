@@ -117,10 +117,10 @@ async def _fair(
     dry: set[int] = set()
     for _ in range(8):
         if conn is not None:
-            farm = await queues.read_farm(conn, only)
+            farm = await queues.read_farm(conn, only=only)
         else:
             assert db is not None
-            farm = await in_transaction(db, lambda c: queues.read_farm(c, only), write=False)
+            farm = await in_transaction(db, lambda c: queues.read_farm(c, only=only), write=False)
         for wf in dry:
             if wf in farm.workflows:
                 farm.workflows[wf].claimable = 0
@@ -152,17 +152,14 @@ def _locked_take(farm: queues.Farm, wf: int, k: int, agent: int | None, avoid: i
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await store_scheduling.lock_for_claim(conn, capped, wf)
-        if capped:
-            fresh = await queues.read_farm(conn, wf)
-            leaf = fresh.workflows.get(wf)
-            if leaf is None:
-                return []
-            nodes = fresh.path(leaf)[1:]
-            arrays = fresh.arrays[wf]
-        else:
-            arrays = await store_scheduling.load(conn, wf)
-            nodes = [farm.workflows[wf]]
-            nodes[0].assigned = sum(a.assigned for a in arrays)
+        # the whole tree when a queue's maximum counts other workflows' agents, else only
+        # this workflow's arrays (the same read, narrowed)
+        fresh = await queues.read_farm(conn, None if capped else wf, only=wf)
+        leaf = fresh.workflows.get(wf)
+        if leaf is None:
+            return []
+        nodes = fresh.path(leaf)[1:]
+        arrays = fresh.arrays[wf]
         cap = min([k] + [n.maximum - n.assigned for n in nodes if n.maximum is not None])
         return await _take(conn, False, wf, cap, arrays, agent, avoid) if cap > 0 else []
 

@@ -81,6 +81,7 @@ def build(load: list[ArrayLoad], queues: list[dict[str, Any]], only: int | None 
             first.maximum,
             assigned=sum(a.assigned for a in arrays),
             claimable=claimable,
+            queued=sum(a.queued for a in arrays),
         )
         parent = nodes.get(first.queue_id, root) if first.queue_id is not None else root
         parent.children.append(leaf)
@@ -90,9 +91,10 @@ def build(load: list[ArrayLoad], queues: list[dict[str, Any]], only: int | None 
     return Farm(root, nodes, leaves, dict(by_workflow), parents, {q["id"]: q for q in queues})
 
 
-async def read_farm(conn: Conn, only: int | None = None) -> Farm:
-    """The tree as the database has it now: two reads (the queues, the active arrays)."""
-    return build(await store.load(conn), await store.queues(conn), only)
+async def read_farm(conn: Conn, of: int | None = None, only: int | None = None) -> Farm:
+    """The tree as the database has it now: two reads (the queues, the active arrays; with
+    `of`, only that workflow's arrays). `only`: the one workflow a claim may take from."""
+    return build(await store.load(conn, of), await store.queues(conn), only)
 
 
 # --- admin -----------------------------------------------------------------------------------
@@ -167,25 +169,14 @@ async def _one(conn: Conn, path: str) -> dict[str, Any]:
 
 def view(farm: Farm, row: dict[str, Any]) -> dict[str, Any]:
     """A queue as the API shows it: its knobs, its agents and its QUEUED work right now."""
-    node = farm.queues.get(row["id"])
+    node = farm.queues[row["id"]]
     return {
         **{k: row[k] for k in ("id", "name", "path", *KNOBS)},
         "parent": None if row["parent_id"] is None else farm.rows[row["parent_id"]]["path"],
-        "agents": node.assigned if node else 0,
-        "queued": sum(
-            a.queued
-            for wf, arrays in farm.arrays.items()
-            for a in arrays
-            if node is not None and _under(farm, farm.workflows[wf], node)
-        ),
-        "workflows": sorted(
-            wf for wf, leaf in farm.workflows.items() if farm.parents[leaf.key] is node
-        ),
+        "agents": node.assigned,
+        "queued": node.queued,
+        "workflows": sorted(c.key[1] for c in node.children if c.leaf),
     }
-
-
-def _under(farm: Farm, leaf: Node, queue: Node) -> bool:
-    return queue in farm.path(leaf)
 
 
 async def list_queues(db: Database) -> list[dict[str, Any]]:
