@@ -39,6 +39,8 @@ TABLES = [
     "task_instance_error_log",
     "task_instance_deadline",
     "task_instance",
+    "task_edge",
+    "workflow_edge",
     "task",
     "array",
     "workflow",

@@ -198,6 +198,20 @@ class TaskSpec(Strict):
     priority: Int32 | None = None
     resources: Resources | None = None
     resource_scales: ResourceScales | None = None
+    depends_on: Annotated[list[Name], Field(max_length=10_000)] | None = Field(
+        None, description="names of tasks of this submission that must be DONE first"
+    )
+
+
+class WorkflowDep(Strict):
+    """An upstream workflow: all of it first, or element i of it before element i of this."""
+
+    workflow: DbId
+    mode: Literal["all", "each"] = Field(
+        "all",
+        description="all: every task waits for all of the upstream workflow; each: task i "
+        "(in submission order) waits for task i of it (same sizes)",
+    )
 
 
 class ArraySpec(Strict):
@@ -308,7 +322,8 @@ class AgentsOut(BaseModel):
 class Reason(BaseModel):
     code: str = Field(
         description="running, claimed, done, failed, cancelled, retry_hold, pull, array_limit, "
-        "queue_maximum, workflow_maximum, avoids_agent, no_agent, waiting, between_tries, status"
+        "queue_maximum, workflow_maximum, avoids_agent, no_agent, waiting, between_tries, "
+        "upstream, upstream_failed, status"
     )
     message: str
     data: dict[str, Any]
@@ -341,6 +356,9 @@ class WorkflowCreate(Strict):
     weight: Weight = Field(10.0, description="its share of agents among its queue's children")
     minimum_agents: Agents | None = Field(None, description="agents it is given first")
     maximum_agents: Agents | None = Field(None, description="agents it never goes above")
+    depends_on: Annotated[list[WorkflowDep], Field(max_length=1000)] = Field(
+        [], description="workflows whose tasks must be DONE first"
+    )
 
     @model_validator(mode="after")
     def _agents(self) -> "WorkflowCreate":
@@ -361,6 +379,11 @@ class WorkflowCreate(Strict):
     def size(self) -> int:
         """How many tasks the request makes."""
         return self.array.size if self.array is not None else len(self.tasks or [])
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether any of its tasks waits on another (so they start HELD)."""
+        return bool(self.depends_on) or any(t.depends_on for t in self.tasks or ())
 
 
 class WorkflowOut(BaseModel):

@@ -281,8 +281,19 @@ def test_watch_prints_lines_and_says_nothing_runs(server: Any, tmp_path: Path) -
 def test_operator_nouns(local: Any) -> None:
     url = local.url
     script = "echo out{i}; echo err{i} >&2; [ {i} -ne 2 ]"
-    bad = submit(url, "--name", "Nouns Run", "--array", "0-3", "--max-attempts", "1", "--",
-                 "sh", "-c", script)
+    bad = submit(
+        url,
+        "--name",
+        "Nouns Run",
+        "--array",
+        "0-3",
+        "--max-attempts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
     res = watch(url, bad)
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert f"workflow {bad}: FAILED" in res.stdout.splitlines()
@@ -391,3 +402,47 @@ def test_a_queue_maximum_the_executor_keeps_and_explain(local: Any) -> None:
     ok(url, "queues", "delete", "/film-a")
     missing = cli(url, "submit", "--queue", "/nope", "--", "true")
     assert missing.returncode == 2 and "no queue /nope" in missing.stderr
+
+
+# ---- dependencies ---------------------------------------------------------------------------
+
+
+def test_a_graph_from_a_file_runs_in_order_through_the_executor(local: Any, tmp_path: Path) -> None:
+    """`submit --file` with depends_on by name, `--after` another workflow; the local executor
+    runs each task only after its upstream; a failure blocks what is downstream of it."""
+    url = local.url
+    out = tmp_path / "order.txt"
+    graph = [
+        {"name": "fetch", "command": f"echo fetch >> {out}"},
+        {"name": "left", "command": f"echo left >> {out}", "depends_on": ["fetch"]},
+        {"name": "right", "command": f"echo right >> {out}", "depends_on": ["fetch"]},
+        {"name": "join", "command": f"echo join >> {out}", "depends_on": ["left", "right"]},
+    ]
+    path = tmp_path / "graph.json"
+    path.write_text(json.dumps({"name": "pipeline", "tasks": graph}))
+    wf = submit(url, "--file", str(path))
+    after = submit(url, "--after", str(wf), "--", "sh", "-c", f"echo after >> {out}")
+    assert watch(url, wf).returncode == 0 and watch(url, after).returncode == 0
+    lines = out.read_text().split()
+    assert lines[0] == "fetch" and set(lines[1:3]) == {"left", "right"}
+    assert lines[3:] == ["join", "after"]
+
+    # a cycle is refused with its names; a failure blocks its downstream, named by explain
+    path.write_text(json.dumps([
+        {"name": "a", "command": "true", "depends_on": ["b"]},
+        {"name": "b", "command": "true", "depends_on": ["a"]},
+    ]))  # fmt: skip
+    refused = cli(url, "submit", "--file", str(path))
+    assert refused.returncode == 1 and "'a' → 'b' → 'a'" in refused.stderr, refused.stderr
+    path.write_text(json.dumps([
+        {"name": "bad", "command": "exit 3"},
+        {"name": "next", "command": "true", "depends_on": ["bad"]},
+    ]))  # fmt: skip
+    failing = submit(url, "--file", str(path), "--max-attempts", "1")
+    assert watch(url, failing).returncode == 1
+    blocked = [t for t in tasks_of(url, failing) if t["status"] == "B"]
+    assert len(blocked) == 1
+    text = ok(url, "tasks", "explain", str(blocked[0]["id"]))
+    assert "cannot run: upstream task" in text and "ended ERROR_FATAL" in text
+    shown = cli(url, "status", str(failing))
+    assert shown.returncode == 1 and "1 blocked" in shown.stdout, shown.stdout

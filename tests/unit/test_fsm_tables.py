@@ -49,7 +49,7 @@ def path(letters: str) -> tuple[TaskStatus, ...]:
 # --------------------------------------------------------------------------------------------
 
 ALL_TI_LETTERS = "QIORTXKDEUZWF"
-ALL_TASK_LETTERS = "GQIORDEAF"
+ALL_TASK_LETTERS = "GQIORDEAFHB"
 LIVE_LETTERS = "QIORTXK"
 TERMINAL_TI_LETTERS = "DEUZWF"
 ERROR_LETTERS = "EUZW"
@@ -101,9 +101,9 @@ EXPECTED_REWRITES: dict[tuple[str, str], str] = {
     ("X", "Z"): "E",
 }
 
-#: from -> allowed to (17 edges)
+#: from -> allowed to (22 edges)
 EXPECTED_TASK_VALID: dict[str, str] = {
-    "G": "Q",
+    "G": "QH",
     "Q": "IE",
     "I": "ORE",
     "O": "RE",
@@ -112,6 +112,8 @@ EXPECTED_TASK_VALID: dict[str, str] = {
     "E": "QAFG",
     "A": "Q",
     "F": "G",
+    "H": "QBF",  # dependencies: released, blocked by a failed upstream, cancelled
+    "B": "H",  # re-opened by a resume
 }
 #: Task edges that a task instance request drives (the rest are operator or compatibility moves).
 TI_DRIVEN_TASK_EDGES: frozenset[tuple[str, str]] = frozenset({
@@ -126,6 +128,7 @@ TI_DRIVEN_TASK_EDGES: frozenset[tuple[str, str]] = frozenset({
 #: D->G (an operator reset a finished taskfarm run).
 NOT_TI_DRIVEN_TASK_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("G", "Q"), ("E", "G"), ("F", "G"), ("D", "G"),
+    ("G", "H"), ("H", "Q"), ("H", "B"), ("H", "F"), ("B", "H"),
 })  # fmt: skip
 
 #: The task statuses a live instance in each status has when nothing bypassed the machines.
@@ -246,7 +249,7 @@ def test_task_valid_table_is_exactly_the_expected_edges() -> None:
     }
     edges = {(a.value, b.value) for a, dsts in TASK_VALID.items() for b in dsts}
     assert edges == TI_DRIVEN_TASK_EDGES | NOT_TI_DRIVEN_TASK_EDGES
-    assert len(edges) == 17
+    assert len(edges) == 22
 
 
 def test_expected_apply_rows_cover_every_valid_consistent_request() -> None:
@@ -577,7 +580,7 @@ def test_tables_as_json_is_serialisable_and_complete() -> None:
     assert len(ti_part["statuses"]) == 13
     assert ti_part["statuses"]["O"] == "LAUNCHED"
     assert sorted(task_part["statuses"]) == sorted(ALL_TASK_LETTERS)
-    assert len(task_part["statuses"]) == 9
+    assert len(task_part["statuses"]) == 11
     assert task_part["statuses"]["E"] == "ERROR_RECOVERABLE"
     assert {k: "".join(sorted(v)) for k, v in ti_part["valid"].items()} == {
         k: "".join(sorted(v)) for k, v in EXPECTED_TI_VALID.items()

@@ -1,5 +1,6 @@
 """`farmstead submit`: one task, or an array of tasks over a range of indices."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -40,15 +41,66 @@ def parse_array(text: str) -> tuple[int, int]:
     return first, last
 
 
+def read_file(path: Path) -> dict[str, Any]:
+    """A workflow body from a JSON file: an object as POST /v3/workflows takes it, or a list
+    of tasks (each with name, command and optional depends_on)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        usage(f"--file {path}: cannot read it ({e})")
+    except json.JSONDecodeError as e:
+        usage(f"--file {path}: not JSON ({e})")
+    if isinstance(data, list):
+        return {"tasks": data}
+    if not isinstance(data, dict):
+        usage(f"--file {path}: give a JSON object (a workflow) or a list of tasks")
+    return data
+
+
+def _resources(memory: float | None, runtime: float | None, log_dir: str | None) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    if memory is not None:
+        resources["memory"] = memory
+    if runtime is not None:
+        resources["runtime"] = runtime
+    if log_dir is not None:
+        resources["stdout"] = resources["stderr"] = str(Path(log_dir).expanduser().resolve())
+    return resources
+
+
+def _tasks(command: list[str], array: str | None, name: str) -> dict[str, Any]:
+    """The tasks part of a body: one task, or an array over `array`."""
+    cmd = shell_command(command)
+    if array is None:
+        return {"tasks": [{"name": name, "command": cmd}]}
+    first, last = parse_array(array)
+    return {"array": {"command": cmd, "first": first, "last": last, "name": f"{name}_{{i}}"}}
+
+
 def submit(
     command: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="after --: one shell command, or several words run as that argv; "
             "{i} is the array index"
         ),
-    ],
-    name: Annotated[str, typer.Option(help="workflow name")] = "workflow",
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="workflow name")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="a JSON workflow (tasks with depends_on: a graph) instead of a command",
+        ),
+    ] = None,
+    after: Annotated[
+        list[int] | None,
+        typer.Option(help="a workflow all of whose tasks must be DONE first; repeatable"),
+    ] = None,
+    after_each: Annotated[
+        list[int] | None,
+        typer.Option(help="a workflow whose task i must be DONE before task i; repeatable"),
+    ] = None,
     array: Annotated[
         str | None, typer.Option(help="index range FIRST-LAST (e.g. 0-999) or one index")
     ] = None,
@@ -78,34 +130,41 @@ def submit(
     as_json: AsJson = False,
     server_url: ServerUrl = DEFAULT_URL,
 ) -> None:
-    """Submit a workflow: one task, or an array over --array (with {i} in the command).
+    """Submit a workflow: one task, an array over --array (with {i} in the command), or a
+    graph of tasks from --file.
 
     Prints the new workflow's id on stdout.
     """
-    cmd = shell_command(command)
-    resources: dict[str, Any] = {}
-    if memory is not None:
-        resources["memory"] = memory
-    if runtime is not None:
-        resources["runtime"] = runtime
-    if log_dir is not None:
-        resources["stdout"] = resources["stderr"] = str(Path(log_dir).expanduser().resolve())
-    body: dict[str, Any] = {
-        "name": name,
+    if (file is None) == (not command):
+        usage("give a command (after --) or --file, not both")
+    resources = _resources(memory, runtime, log_dir)
+    body: dict[str, Any] = read_file(file) if file is not None else {}
+    body.setdefault("name", "workflow")
+    if name is not None:
+        body["name"] = name
+    given = {
         "retry_delay": retry_delay,
         "resources": resources or None,
         "max_attempts": max_attempts,
         **knobs(priority, weight, min_agents, max_agents),
     }
+    if file is not None:  # the file's own values stand unless an option is given
+        given = {k: v for k, v in given.items() if v is not None}
+        if not retry_delay:
+            del given["retry_delay"]
+    body |= given
+    deps = [{"workflow": w, "mode": "all"} for w in after or ()]
+    deps += [{"workflow": w, "mode": "each"} for w in after_each or ()]
+    if deps:
+        body["depends_on"] = [*body.get("depends_on", []), *deps]
     if queue is not None:
         body["queue"] = queue
     if max_running is not None:
         body["max_concurrently_running"] = max_running
-    if array is not None:
-        first, last = parse_array(array)
-        body["array"] = {"command": cmd, "first": first, "last": last, "name": f"{name}_{{i}}"}
-    else:
-        body["tasks"] = [{"name": name, "command": cmd}]
+    if command:
+        body |= _tasks(command, array, body["name"])
+    elif array is not None:
+        usage("--array goes with a command, not with --file")
     server = Server(server_url)
     out = server.expect(server.post("/v3/workflows", body), "id", "total")
     if as_json:

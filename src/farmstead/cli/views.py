@@ -20,6 +20,8 @@ WORKFLOW_STYLE = {"R": "blue", "D": "green", "F": "red", "C": "magenta"}
 TASK_STYLE = {
     T.DONE: "green",
     T.ERROR_FATAL: "red",
+    T.BLOCKED: "red",
+    T.HELD: "bright_black",
     T.ERROR_RECOVERABLE: "dark_orange",
     T.ADJUSTING_RESOURCES: "dark_orange",
     **{s: "yellow" for s in CLAIMED},
@@ -29,27 +31,32 @@ INSTANCE_STYLE = {"D": "green", "F": "red", "R": "yellow", "O": "yellow", "I": "
 
 @dataclass(frozen=True)
 class Tally:
-    """A workflow's tasks in four piles: done, failed, claimed (running), waiting."""
+    """A workflow's tasks in piles: done, failed, claimed (running), waiting (queued, or held
+    for upstream tasks), and blocked by a failed upstream task (shown when there are any)."""
 
     total: int
     done: int
     failed: int
     running: int
     waiting: int
+    blocked: int = 0
 
     @classmethod
     def of(cls, counts: dict[str, int]) -> "Tally":
         """From the API's counts by task status letter."""
         done, failed = counts.get(T.DONE, 0), counts.get(T.ERROR_FATAL, 0)
+        blocked = counts.get(T.BLOCKED, 0)
         running = sum(n for s, n in counts.items() if s in CLAIMED)
         total = sum(counts.values())
-        return cls(total, done, failed, running, total - done - failed - running)
+        waiting = total - done - failed - running - blocked
+        return cls(total, done, failed, running, waiting, blocked)
 
     def line(self) -> str:
-        """`120/1000 done, 2 failed, 40 running, 838 waiting`."""
+        """`120/1000 done, 2 failed, 40 running, 838 waiting` (`, 5 blocked`)."""
         return (
             f"{self.done}/{self.total} done, {self.failed} failed, "
             f"{self.running} running, {self.waiting} waiting"
+            + (f", {self.blocked} blocked" if self.blocked else "")
         )
 
     def markup(self) -> str:
@@ -57,6 +64,7 @@ class Tally:
         return (
             f"[green]{self.done} done[/] [red]{self.failed} failed[/] "
             f"[yellow]{self.running} running[/] {self.waiting} waiting"
+            + (f" [red]{self.blocked} blocked[/]" if self.blocked else "")
         )
 
 

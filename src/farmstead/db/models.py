@@ -179,6 +179,28 @@ class Task(Base):
     time_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class TaskEdge(Base):
+    """A dependency between two tasks: `downstream_id` runs only once `upstream_id` is DONE.
+
+    Edges by task name within a submission, and element i on element i of another workflow's
+    array, are stored as these rows (migration 0009)."""
+
+    __tablename__ = "task_edge"
+    downstream_id: Mapped[int] = mapped_column(ForeignKey("task.id"), primary_key=True)
+    upstream_id: Mapped[int] = mapped_column(ForeignKey("task.id"), primary_key=True, index=True)
+
+
+class WorkflowEdge(Base):
+    """Every task of `downstream_workflow_id` runs only once every task of
+    `upstream_workflow_id` is DONE (PyFarm's parent jobs; an all-of-an-array edge)."""
+
+    __tablename__ = "workflow_edge"
+    downstream_workflow_id: Mapped[int] = mapped_column(ForeignKey("workflow.id"), primary_key=True)
+    upstream_workflow_id: Mapped[int] = mapped_column(
+        ForeignKey("workflow.id"), primary_key=True, index=True
+    )
+
+
 class TaskInstance(Base):
     """One try of a task on some machine."""
 

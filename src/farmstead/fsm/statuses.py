@@ -33,6 +33,8 @@ class TaskStatus(StrEnum):
     ERROR_RECOVERABLE = "E"
     ADJUSTING_RESOURCES = "A"
     ERROR_FATAL = "F"
+    HELD = "H"  # waiting on upstream tasks (dependencies): no instance until they are DONE
+    BLOCKED = "B"  # an upstream task ended ERROR_FATAL: it cannot run until a resume
 
 
 class WorkflowStatus(StrEnum):
@@ -54,6 +56,10 @@ TERMINAL_TI: frozenset[TIStatus] = ERROR_TI | {TI.DONE, TI.ERROR_FATAL}
 #: Live instances: not terminal. At most one per task (a partial unique index enforces it).
 LIVE_TI: frozenset[TIStatus] = frozenset(TIStatus) - TERMINAL_TI
 TERMINAL_TASK: frozenset[TaskStatus] = frozenset({TaskStatus.DONE, TaskStatus.ERROR_FATAL})
+#: Tasks that cannot move without an operator: finished, failed, or blocked by a failed upstream
+SETTLED_TASK: frozenset[TaskStatus] = TERMINAL_TASK | {TaskStatus.BLOCKED}
+#: Tasks with no instance by design (dependencies): held back, or blocked
+WITHOUT_INSTANCE_TASK: frozenset[TaskStatus] = frozenset({TaskStatus.HELD, TaskStatus.BLOCKED})
 
 
 def workflow_status(counts: dict[str, int], cancelled: bool = False) -> WorkflowStatus:
@@ -61,13 +67,13 @@ def workflow_status(counts: dict[str, int], cancelled: bool = False) -> Workflow
 
     RUNNING while any task can still move (a cancelled workflow too, while its commands stop);
     DONE when every task is DONE; then CANCELLED if an operator cancelled it, FAILED if not and
-    some task is ERROR_FATAL.
+    some task is ERROR_FATAL or BLOCKED (nothing can move: the rest of its graph has run).
     """
     total = sum(counts.values())
-    settled = sum(n for s, n in counts.items() if s in TERMINAL_TASK)
+    settled = sum(n for s, n in counts.items() if s in SETTLED_TASK)
     if settled < total:
         return WorkflowStatus.RUNNING
-    if counts.get(TaskStatus.ERROR_FATAL, 0):
+    if counts.get(TaskStatus.ERROR_FATAL, 0) or counts.get(TaskStatus.BLOCKED, 0):
         return WorkflowStatus.CANCELLED if cancelled else WorkflowStatus.FAILED
     return WorkflowStatus.DONE
 

@@ -108,7 +108,12 @@ TI_REWRITES: dict[tuple[TIStatus, TIStatus], TIStatus] = {
 }
 
 TASK_VALID: dict[TaskStatus, frozenset[TaskStatus]] = {
-    T.REGISTERING: frozenset({T.QUEUED}),  # resumed: queued again with a new instance
+    T.REGISTERING: frozenset(
+        {
+            T.QUEUED,  # resumed: queued again with a new instance
+            T.HELD,  # resumed, but an upstream task is not DONE yet: it waits again
+        }
+    ),
     T.QUEUED: frozenset(
         {
             T.INSTANTIATING,  # its instance was instantiated
@@ -135,6 +140,14 @@ TASK_VALID: dict[TaskStatus, frozenset[TaskStatus]] = {
     T.ADJUSTING_RESOURCES: frozenset({T.QUEUED}),  # resources scaled: queued again
     T.DONE: frozenset({T.REGISTERING}),  # an operator reset a finished run (taskfarm's restart)
     T.ERROR_FATAL: frozenset({T.REGISTERING}),  # an operator resumed the workflow
+    T.HELD: frozenset(
+        {
+            T.QUEUED,  # every upstream task is DONE: released with its first instance
+            T.BLOCKED,  # an upstream task ended ERROR_FATAL (or was itself blocked)
+            T.ERROR_FATAL,  # cancelled while waiting
+        }
+    ),
+    T.BLOCKED: frozenset({T.HELD}),  # a resume re-opened its upstream: it waits again
 }
 
 

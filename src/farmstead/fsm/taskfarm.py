@@ -24,6 +24,8 @@ TASKFARM_STATUS: dict[TaskStatus, TaskfarmStatus] = {
     T.LAUNCHED: "computing",
     T.RUNNING: "computing",  # its instance RUNNING (or TRIAGING: late with an update)
     T.DONE: "done",
+    T.HELD: "waiting",  # waits on upstream tasks (taskfarm runs have none; for completeness)
+    T.BLOCKED: "waiting",
 }
 
 #: what a taskfarm `PUT … {"status": …}` asks of the task's instance

@@ -6,15 +6,17 @@ from typing import Any
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TaskStatus, TIStatus, task_path
+from farmstead.services import graph
 from farmstead.services.auth import SYSTEM, Principal, audit
 from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.errors import NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.store import actions as store
 from farmstead.store import bulk as bulk_store
+from farmstead.store import graph as graph_store
 from farmstead.store import workflows as wf_store
 from farmstead.store.rows import EventRow
-from farmstead.store.sql import insert_events
+from farmstead.store.sql import TASK, insert_events
 
 CHUNK = 5000
 T = TaskStatus
@@ -33,10 +35,30 @@ async def cancel(db: Database, workflow_id: int, actor: Principal = SYSTEM) -> d
     # From now on no task of the workflow is retried, whatever races this cancel.
     await in_transaction(db, lambda c: wf_store.mark_cancelled(c, workflow_id))
     total = BulkResult()
+    # tasks waiting on upstream tasks have no instance: they end at once (and what waits on
+    # them in other workflows is blocked)
+    while held := await in_transaction(
+        db, partial(_cancel_held, workflow_id=workflow_id, by=actor.name)
+    ):
+        total.moved["held_cancelled"] = total.moved.get("held_cancelled", 0) + held
+        if held < CHUNK:
+            break
     # Repeat until a whole pass moves nothing: a retry a racing report queued is caught too.
     while await _cancel_round(db, workflow_id, total, actor.name):
         pass
     return {"workflow_id": workflow_id, "changed": total.moved, "total": total.total}
+
+
+async def _cancel_held(conn: Conn, workflow_id: int, by: str) -> int:
+    ids = await graph_store.cancel_held(conn, workflow_id, CHUNK, by)
+    if not ids:
+        return 0
+    events = [
+        EventRow(workflow_id, "task", t, "H", "F", {"by": by, "action": "cancel"}) for t in ids
+    ]
+    events += graph.blocked_events(await graph_store.spread(conn, ids, "H", "B"))
+    await insert_events(conn, events)
+    return len(ids)
 
 
 async def _cancel_round(db: Database, workflow_id: int, total: BulkResult, by: str) -> int:
@@ -151,40 +173,56 @@ async def resume(
     # retries are allowed again
     await in_transaction(db, lambda c: wf_store.clear_cancelled(c, workflow_id))
 
-    async def resume_chunk(conn: Conn) -> int:
-        tasks = await store.lock_failed_tasks(conn, workflow_id, CHUNK, list(paths))
-        if tasks:
-            await store.requeue_tasks(conn, [t.id for t in tasks])
-            ids = await store.queue_first_instances(conn, tasks)
-            events = [
-                EventRow(
-                    workflow_id,
-                    "task",
-                    t.id,
-                    prev.value,
-                    nxt.value,
-                    {"by": actor.name, "action": "resume"},
-                )
-                for t in tasks
+    async def resume_chunk(conn: Conn) -> tuple[int, int]:
+        """Resume a chunk of tasks; how many, and how many BLOCKED tasks downstream of them
+        (in any workflow) were re-opened."""
+        tasks = await store.lock_failed_tasks(conn, workflow_id, CHUNK, [*paths, "B"])
+        if not tasks:
+            return 0, 0
+        waits = await graph_store.with_upstream(conn, workflow_id, [t.id for t in tasks])
+        blocked = [t for t in tasks if t.status == "B"]
+        to_hold = [t for t in tasks if t.status != "B" and t.id in waits]
+        to_queue = [t for t in tasks if t.status != "B" and t.id not in waits]
+        note = {"by": actor.name, "action": "resume"}
+        events: list[EventRow] = []
+        if to_queue:
+            await store.requeue_tasks(conn, [t.id for t in to_queue])
+            ids = await store.queue_first_instances(conn, to_queue)
+            events += [
+                EventRow(workflow_id, "task", t.id, prev.value, nxt.value, note)
+                for t in to_queue
                 for prev, nxt in _steps(T(t.status), paths[t.status] or ())
             ]
+            events += [EventRow(workflow_id, "task_instance", i, None, "Q", note) for i in ids]
+        if to_hold:  # fresh tries, but they wait on their upstream again
+            await store.requeue_tasks(conn, [t.id for t in to_hold], held=True)
             events += [
-                EventRow(
-                    workflow_id,
-                    "task_instance",
-                    i,
-                    None,
-                    "Q",
-                    {"by": actor.name, "action": "resume"},
-                )
-                for i in ids
+                EventRow(workflow_id, "task", t.id, prev.value, nxt.value, note)
+                for t in to_hold
+                for prev, nxt in _steps(T(t.status), (T.REGISTERING, T.HELD))
             ]
-            await insert_events(conn, events)
-        return len(tasks)
+        if blocked:
+            await store.reopen_tasks(conn, [t.id for t in blocked])
+            events += [EventRow(workflow_id, "task", t.id, "B", "H", note) for t in blocked]
+        # what waits on these anywhere (other workflows too) waits again instead of blocked
+        reopened = await graph_store.spread(conn, [t.id for t in tasks], "B", "H")
+        events += graph.reopened_events(reopened, actor.name)
+        candidates = [t.id for t in (*to_hold, *blocked)] + [t for t, _w, _r in reopened]
+        if to_hold:  # held again, but what they wait on elsewhere may have failed meanwhile
+            again = await graph_store.block_failed(conn, TASK.c.id.in_([t.id for t in to_hold]))
+            events += graph.blocked_events(again)
+        if candidates:
+            released = await graph_store.release(
+                conn, TASK.c.id.in_(sorted(candidates)), graph.RELEASE_BATCH
+            )
+            events += graph_store.release_events(released)
+        await insert_events(conn, events)
+        return len(tasks), len(reopened)
 
     while True:
-        resumed = await in_transaction(db, resume_chunk)
+        resumed, reopened = await in_transaction(db, resume_chunk)
         changed["resumed"] += resumed
+        changed["reopened"] += reopened
         if resumed < CHUNK:
             break
     if everything:

@@ -9,6 +9,7 @@ from typing import Any
 from farmstead.db.engine import Conn
 from farmstead.db.types import db_now, seconds_from_now
 from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus, decide, retry_resources
+from farmstead.services import graph
 from farmstead.store import bulk as store
 from farmstead.store import deadlines
 from farmstead.store.bulk import Candidate
@@ -81,6 +82,7 @@ async def apply_bulk(
             result.skipped += 1
     events: list[EventRow] = []
     retries: list[tuple[Candidate, bool]] = []  # (member, adjust its resources)
+    finished: dict[TaskStatus, list[tuple[int, int]]] = defaultdict(list)  # DONE, ERROR_FATAL
     info = dict(details or {})
     changes = {move: _deadline_change(move, report_increment) for move in groups}
     held = [c.ti_id for m, ms in groups.items() if changes[m] in ("leave", "renew") for c in ms]
@@ -113,12 +115,18 @@ async def apply_bulk(
             await store.add_error_logs(conn, {i: t for i, t in why.items() if t})
         if move.task_path:
             await _move_tasks(conn, move, members, why, events)
+            if move.task_to in (TaskStatus.DONE, TaskStatus.ERROR_FATAL):
+                finished[move.task_to] += [(c.task_id, c.workflow_id) for c in members]
         if move.retry:
             retries += [(c, move.adjust) for c in members]
         result.moved[move.ti_to.value] = result.moved.get(move.ti_to.value, 0) + len(ids)
         result.ids += ids
     if retries:  # after every group: the array rows are locked last, in id order
         result.retried += await _queue_retries(conn, retries, events)
+    if finished:  # downstream tasks: released, or blocked
+        await graph.after_moves(
+            conn, finished[TaskStatus.DONE], finished[TaskStatus.ERROR_FATAL], events
+        )
     await insert_events(conn, events)
     return result
 

@@ -7,6 +7,7 @@ from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TaskStatus
 from farmstead.services import queues
 from farmstead.services.uow import in_transaction
+from farmstead.store import graph as graph_store
 from farmstead.store import scheduling as store
 from farmstead.store import workflows as wf_store
 
@@ -22,6 +23,51 @@ def _reason(code: str, message: str, **data: Any) -> dict[str, Any]:
 
 def _when(value: datetime | None) -> str:
     return "never" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def _upstream(
+    conn: Conn, task_id: int, status: TaskStatus, last_error: str | None
+) -> list[dict[str, Any]]:
+    """Waiting on upstream tasks or workflows (which, and their statuses), or blocked by one."""
+    up = await graph_store.upstream_of(conn, task_id)
+    if status == TaskStatus.BLOCKED:
+        return [
+            _reason(
+                "upstream_failed",
+                f"cannot run: {last_error or 'an upstream task ended ERROR_FATAL'}"
+                " (a resume of the failed task's workflow re-opens it)",
+                upstream=up["tasks"],
+                workflows=up["workflows"],
+            )
+        ]
+    out: list[dict[str, Any]] = []
+    waiting = up["tasks"]
+    if waiting:
+        names = ", ".join(f"{t['id']} {t['name']!r} ({TaskStatus(t['status']).name})"
+                          for t in waiting[:5])  # fmt: skip
+        left = up["total"] - up["done"]
+        more = f" and {left - 5} more" if left > 5 else ""
+        out.append(
+            _reason(
+                "upstream",
+                f"waiting on upstream task {names}{more}: {up['done']} of {up['total']} done",
+                upstream=waiting,
+                done=up["done"],
+                total=up["total"],
+            )
+        )
+    for wf in up["workflows"]:
+        if wf["unfinished"]:
+            out.append(
+                _reason(
+                    "upstream",
+                    f"waiting on upstream workflow {wf['id']}: {wf['unfinished']} of its tasks "
+                    "not done",
+                    workflow_id=wf["id"],
+                    unfinished=wf["unfinished"],
+                )
+            )
+    return out or [_reason("upstream", "held: its upstream is done; it is about to be queued")]
 
 
 async def explain(db: Database, task_id: int) -> dict[str, Any] | None:
@@ -58,6 +104,8 @@ async def _explain(conn: Conn, task_id: int) -> dict[str, Any] | None:
                 last_error=task["last_error"],
             )
         )
+    elif status in (TaskStatus.HELD, TaskStatus.BLOCKED):
+        reasons += await _upstream(conn, task_id, status, task["last_error"])
     elif ti is not None and ti["status"] == "Q":
         reasons += await _queued(conn, task, workflow, ti)
     elif ti is not None and ti["status"] in ("I", "O", "R", "T", "K"):

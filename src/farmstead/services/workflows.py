@@ -7,12 +7,14 @@ from typing import Any
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import workflow_status
 from farmstead.schemas import WorkflowCreate
-from farmstead.services import queues
+from farmstead.services import graph, queues
 from farmstead.services.auth import SYSTEM, Principal, audit
 from farmstead.services.errors import BadRequest, NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
+from farmstead.store import graph as graph_store
 from farmstead.store import workflows as store
+from farmstead.store.sql import TASK, insert_events
 
 #: a submission of this many tasks or more refreshes the planner's statistics at once
 ANALYZE_AFTER = 10_000
@@ -42,17 +44,22 @@ async def submit(
             f"{settings.max_tasks_per_request}",
             field="array" if req.array else "tasks",
         )
+    edges = graph.check_names(req.tasks) if req.tasks and req.has_graph else []
+    held = req.has_graph
     batch_size = req.size if pull else settings.array_batch_size
-    batches = (req.size + batch_size - 1) // batch_size
+    batches = 0 if held else (req.size + batch_size - 1) // batch_size
     defaults = {
         "max_attempts": req.max_attempts or settings.default_max_attempts,
         "priority": req.priority,
         "resources": req.resources,
         "resource_scales": req.resource_scales,
         "pull": pull is not None,
+        "held": held,
     }
 
     async def work(conn: Conn) -> dict[str, Any]:
+        if req.depends_on:
+            await graph.check_workflows(conn, req.depends_on, req.size)
         place = {
             "queue_id": await queues.queue_id_of(conn, req.queue),
             "priority": req.priority,
@@ -78,9 +85,29 @@ async def submit(
                 conn, wf_id, array_id, req.array.first, req.array.last, spec, batch_size
             )
         else:
-            tasks = [{**defaults, **t.model_dump(exclude_none=True)} for t in (req.tasks or [])]
-            await store.insert_listed_tasks(conn, wf_id, array_id, tasks)
-            created = await store.insert_first_instances(conn, array_id, batch_size)
+            tasks = [
+                {**defaults, **t.model_dump(exclude_none=True, exclude={"depends_on"})}
+                for t in (req.tasks or [])
+            ]
+            ids = await store.insert_listed_tasks(conn, wf_id, array_id, tasks, held)
+            if held:
+                await graph_store.insert_task_edges(conn, [(ids[d], ids[u]) for d, u in edges])
+                created = len(ids)
+            else:
+                created = await store.insert_first_instances(conn, array_id, batch_size)
+        counts = {"Q": created}
+        if held:
+            await _link(conn, wf_id, req)
+            # what waits on nothing unfinished is QUEUED at once (no events: a new task's
+            # first status is QUEUED or HELD)
+            released = await graph_store.release(
+                conn, TASK.c.workflow_id == wf_id, batch_size, lock=False
+            )
+            # an upstream that has already failed: blocked at once (events, as for a block)
+            blocked = await graph_store.block_failed(conn, TASK.c.workflow_id == wf_id)
+            await insert_events(conn, graph.blocked_events(blocked))
+            b = sum(1 for _t, w, _r in blocked if w == wf_id)
+            counts = {"Q": len(released), "H": created - len(released) - b, "B": b}
         await store.record_event(
             conn,
             wf_id,
@@ -89,14 +116,24 @@ async def submit(
         )
         row = await store.workflow_row(conn, wf_id)  # array_ids included, as every read has
         assert row is not None
-        # every task it just made is QUEUED: no need to count them back
-        return _summary(row, {"Q": created})
+        # every task it just made is QUEUED or HELD: no need to count them back
+        return _summary(row, {k: n for k, n in counts.items() if n})
 
     summary = await in_transaction(db, work)
     audit("submit", actor, workflow_id=summary["id"], tasks=req.size, name=req.name)
     if req.size >= ANALYZE_AFTER:
         await in_transaction(db, store.refresh_statistics)
     return summary
+
+
+async def _link(conn: Conn, workflow_id: int, req: WorkflowCreate) -> None:
+    """The edges from a new workflow to the workflows it depends on."""
+    await graph_store.hold_unfinished(conn, [d.workflow for d in req.depends_on])
+    await graph_store.insert_workflow_edges(
+        conn, workflow_id, sorted({d.workflow for d in req.depends_on if d.mode == "all"})
+    )
+    for upstream in sorted({d.workflow for d in req.depends_on if d.mode == "each"}):
+        await graph_store.insert_each_edges(conn, workflow_id, upstream)
 
 
 async def read(db: Database, workflow_id: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from farmstead.db.engine import Conn
 from farmstead.db.types import db_now
 from farmstead.fsm import LIVE_TI
 from farmstead.store.bulk import insert_queued, next_batches
+from farmstead.store.graph import failed_upstream
 from farmstead.store.locks import in_lock_order
 from farmstead.store.sql import TASK, TI, dialect, id_in
 
@@ -33,9 +34,12 @@ async def lock_failed_tasks(
     """ERROR_FATAL tasks (or those in `statuses`) of a workflow with no live instance left,
     locked in id order."""
     live = exists().where(and_(TI.c.task_id == TASK.c.id, TI.c.status.in_(_LIVE)))
+    # a BLOCKED task re-opens once nothing upstream of it has failed (another workflow's
+    # failed task must be resumed first)
+    stuck = and_(TASK.c.status == "B", failed_upstream())
     stmt = (
         select(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id, TASK.c.resources, TASK.c.status)
-        .where(TASK.c.workflow_id == workflow_id, TASK.c.status.in_(statuses), ~live)
+        .where(TASK.c.workflow_id == workflow_id, TASK.c.status.in_(statuses), ~live, ~stuck)
         .order_by(TASK.c.id)
         .limit(limit)
         .with_for_update()
@@ -43,21 +47,33 @@ async def lock_failed_tasks(
     return [FailedTask(*r) for r in (await conn.execute(stmt)).all()]
 
 
-async def requeue_tasks(conn: Conn, ids: Sequence[int]) -> None:
-    """Fresh tries: QUEUED, attempts counted from now, one more instance on the way."""
+async def requeue_tasks(conn: Conn, ids: Sequence[int], held: bool = False) -> None:
+    """Fresh tries: QUEUED, attempts counted from now, one more instance on the way.
+    `held`: HELD instead, with no instance until their upstream tasks are DONE again."""
     await conn.execute(
         update(TASK)
         .where(id_in(TASK.c.id, ids, dialect(conn)))
         .values(
-            status="Q",
+            status="H" if held else "Q",
             status_date=db_now(),
             attempts_base=TASK.c.num_attempts,
-            num_attempts=TASK.c.num_attempts + 1,
+            num_attempts=TASK.c.num_attempts + (0 if held else 1),
             time_finished=None,
             time_started=None,
             # a finished task reset (taskfarm's restart of everything): its DONE try stays
             resets=TASK.c.resets + case((TASK.c.status == "D", 1), else_=0),
         )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def reopen_tasks(conn: Conn, ids: Sequence[int]) -> None:
+    """BLOCKED tasks → HELD: they wait on their upstream tasks again (a resume; only tasks
+    with no failed upstream are locked for it, `lock_failed_tasks`)."""
+    await conn.execute(
+        update(TASK)
+        .where(id_in(TASK.c.id, ids, dialect(conn)), TASK.c.status == "B")
+        .values(status="H", status_date=db_now(), last_error=None, time_finished=None)
         .execution_options(synchronize_session=False)
     )
 

@@ -26,13 +26,13 @@ CHECKS: dict[str, tuple[str, str]] = {
         "GROUP BY task_id) c ON c.task_id = t.id WHERE coalesce(c.n, 0) != t.num_attempts",
     ),
     "settled_task_with_live_instance": (
-        "a DONE or ERROR_FATAL task with a live instance",
+        "a DONE, ERROR_FATAL, HELD or BLOCKED task with a live instance",
         f"SELECT DISTINCT t.id FROM task t JOIN task_instance ti ON ti.task_id = t.id "
-        f"WHERE t.status IN ('D', 'F') AND ti.status IN ({_LIVE})",
+        f"WHERE t.status IN ('D', 'F', 'H', 'B') AND ti.status IN ({_LIVE})",
     ),
     "unsettled_task_without_instance": (
         "an unfinished task with no live instance (nothing will ever move it)",
-        f"SELECT t.id FROM task t WHERE t.status NOT IN ('D', 'F') AND NOT EXISTS ("
+        f"SELECT t.id FROM task t WHERE t.status NOT IN ('D', 'F', 'H', 'B') AND NOT EXISTS ("
         f"SELECT 1 FROM task_instance ti WHERE ti.task_id = t.id AND ti.status IN ({_LIVE}))",
     ),
     "pair_mismatch": (
@@ -57,6 +57,19 @@ CHECKS: dict[str, tuple[str, str]] = {
         "WHERE coalesce(c.queued, 0) != coalesce(i.q, 0) "
         "OR coalesce(c.assigned, 0) != coalesce(i.n, 0)",
     ),
+    "held_but_ready": (
+        "a HELD task whose upstream tasks and workflows are all DONE (a missed release)",
+        "SELECT t.id FROM task t WHERE t.status = 'H' AND NOT EXISTS (SELECT 1 FROM task_edge e "
+        "JOIN task u ON u.id = e.upstream_id WHERE e.downstream_id = t.id AND u.status != 'D') "
+        "AND NOT EXISTS (SELECT 1 FROM workflow_edge w JOIN task u "
+        "ON u.workflow_id = w.upstream_workflow_id "
+        "WHERE w.downstream_workflow_id = t.workflow_id AND u.status != 'D')",
+    ),
+    "held_after_failure": (
+        "a HELD task with an ERROR_FATAL or BLOCKED upstream task (a missed block)",
+        "SELECT DISTINCT t.id FROM task t JOIN task_edge e ON e.downstream_id = t.id "
+        "JOIN task u ON u.id = e.upstream_id WHERE t.status = 'H' AND u.status IN ('F', 'B')",
+    ),
     "deadline_mismatch": (
         "an instance LAUNCHED or RUNNING without a deadline row, or one in another status with one",
         "SELECT ti.id FROM task_instance ti LEFT JOIN task_instance_deadline d "
@@ -76,7 +89,7 @@ CHECKS: dict[str, tuple[str, str]] = {
         "SELECT t.id FROM task t LEFT JOIN (SELECT entity_id, max(id) AS mid FROM event "
         "WHERE entity = 'task' GROUP BY entity_id) e ON e.entity_id = t.id "
         "LEFT JOIN event ev ON ev.id = e.mid "
-        "WHERE (ev.id IS NULL AND t.status != 'Q') "
+        "WHERE (ev.id IS NULL AND t.status NOT IN ('Q', 'H')) "
         "OR (ev.id IS NOT NULL AND ev.to_status != t.status)",
     ),
     "broken_event_chain": (

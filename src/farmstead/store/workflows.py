@@ -68,12 +68,14 @@ async def create_array(
 
 
 def _task_columns(workflow_id: int, array_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    held = bool(spec.get("held"))
     return {
         "workflow_id": literal(workflow_id),
         "array_id": literal(array_id),
-        "status": literal("Q"),
+        # a HELD task (it waits on upstream tasks) has no instance yet
+        "status": literal("H" if held else "Q"),
         "status_date": db_now(),
-        "num_attempts": literal(1),
+        "num_attempts": literal(0 if held else 1),
         "max_attempts": literal(spec["max_attempts"]),
         "priority": literal(spec["priority"]),
         "resources": bindparam("resources", spec["resources"], type_=JSONType),
@@ -100,9 +102,14 @@ async def insert_range(
     back or ranking them (each instance's foreign key is checked at the end of the statement,
     when its task is there). SQLite: the tasks, then their instances from the same count, each
     task's id computed from i (two statements; the new tasks are not read back).
+
+    With `spec["held"]` the tasks are HELD and get no instance (store.graph releases them).
     """
+    held = bool(spec.get("held"))
     if dialect(conn) != "postgresql":
         await _insert_range_tasks_sqlite(conn, workflow_id, array_id, first, last, spec)
+        if held:
+            return last - first + 1
         return await _insert_range_instances_sqlite(
             conn, workflow_id, array_id, first, last, spec, batch_size
         )
@@ -119,15 +126,17 @@ async def insert_range(
     cols["id"] = ids.c.id
     cols["name"] = func.replace(literal(spec["name"]), "{i}", i_text)
     cols["command"] = func.replace(literal(spec["command"]), "{i}", i_text)
-    tasks = (
-        insert(TASK)
-        .from_select(list(cols), select(*[v.label(k) for k, v in cols.items()]))
-        .cte("tasks")
+    insert_tasks = insert(TASK).from_select(
+        list(cols), select(*[v.label(k) for k, v in cols.items()])
     )
+    if held:
+        await conn.execute(insert_tasks.add_cte(ids))
+        return last - first + 1
+    tasks = insert_tasks.cte("tasks")
     instances = select(
         *_range_instance(ids.c.id, ids.c.i - first, workflow_id, array_id, spec, batch_size)
     )
-    stmt = insert(TI).from_select(_INSTANCE_COLUMNS, instances).add_cte(tasks)
+    stmt = insert(TI).from_select(INSTANCE_COLUMNS, instances).add_cte(tasks)
     result = await conn.execute(stmt)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -160,7 +169,7 @@ def _series_sqlite(first: int, last: int) -> Any:
 def _range_instance(
     task_id: Any, rank: Any, workflow_id: int, array_id: int, spec: dict[str, Any], batch_size: int
 ) -> list[Any]:
-    """The columns (`_INSTANCE_COLUMNS`) of the first instance of an array's task: step `rank`
+    """The columns (`INSTANCE_COLUMNS`) of the first instance of an array's task: step `rank`
     of the array (0 for its first task), in batches of `batch_size`."""
     return [
         task_id,
@@ -198,23 +207,24 @@ async def _insert_range_instances_sqlite(
     sel = select(
         *_range_instance(task_id, rank, workflow_id, array_id, spec, batch_size)
     ).select_from(series)
-    await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
+    await conn.execute(insert(TI).from_select(INSTANCE_COLUMNS, sel))
     # one row per i, or the statement fails (the driver counts no rows of a WITH statement)
     return last - first + 1
 
 
 async def insert_listed_tasks(
-    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]]
-) -> None:
-    """Insert tasks given one by one (an executemany of one statement)."""
+    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]], held: bool
+) -> list[int]:
+    """Insert tasks given one by one (an executemany of one statement); their ids, in order.
+    `held`: HELD, with no instance yet (they wait on upstream tasks)."""
     rows = [
         {
             "workflow_id": workflow_id,
             "array_id": array_id,
             "name": t["name"],
             "command": t["command"],
-            "status": "Q",
-            "num_attempts": 1,
+            "status": "H" if held else "Q",
+            "num_attempts": 0 if held else 1,
             "max_attempts": t["max_attempts"],
             "priority": t["priority"],
             "resources": t["resources"],
@@ -223,10 +233,15 @@ async def insert_listed_tasks(
         }
         for t in tasks
     ]
-    await conn.execute(TASK.insert().values(status_date=db_now(), time_submitted=db_now()), rows)
+    stmt = TASK.insert().values(status_date=db_now(), time_submitted=db_now())
+    if not held:  # ids are needed for edges only
+        await conn.execute(stmt, rows)
+        return []
+    result = await conn.execute(stmt.returning(TASK.c.id, sort_by_parameter_order=True), rows)
+    return [int(r[0]) for r in result.all()]
 
 
-_INSTANCE_COLUMNS = [
+INSTANCE_COLUMNS = [
     "task_id",
     "workflow_id",
     "array_id",
@@ -260,7 +275,7 @@ async def insert_first_instances(conn: Conn, array_id: int, batch_size: int) -> 
         ranked.c.priority,
         literal(False),
     )
-    result = await conn.execute(insert(TI).from_select(_INSTANCE_COLUMNS, sel))
+    result = await conn.execute(insert(TI).from_select(INSTANCE_COLUMNS, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
