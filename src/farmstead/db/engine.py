@@ -123,9 +123,9 @@ class Database:
     async def run(self, work: "Work[T]", *, write: bool = True, single: bool = False) -> T:
         """Run `work(conn)` in one transaction: committed if it returns, rolled back if not.
 
-        `single`: `work` runs exactly one prepared statement (`conn.run`), which the database
-        applies atomically on its own: no BEGIN and COMMIT around it (two round trips fewer
-        on PostgreSQL)."""
+        `single`: `work` runs prepared statements (`conn.run`) that each stand alone (one
+        write, or reads that need not share a snapshot): no BEGIN and COMMIT around them (two
+        round trips fewer on PostgreSQL); each is applied atomically on its own."""
         if self.writer is not None and self.readers is not None:
             if write and self.checkpointer is not None:
                 self.checkpointer.ensure_started()

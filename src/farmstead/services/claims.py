@@ -120,7 +120,10 @@ async def _fair(
             farm = await queues.read_farm(conn, only=only)
         else:
             assert db is not None
-            farm = await in_transaction(db, lambda c: queues.read_farm(c, only=only), write=False)
+            # a plan: its two reads need not be one snapshot (each claim re-checks its limits)
+            farm = await in_transaction(
+                db, lambda c: queues.read_farm(c, only=only), write=False, single=True
+            )
         for wf in dry:
             if wf in farm.workflows:
                 farm.workflows[wf].claimable = 0
@@ -151,10 +154,17 @@ def _locked_take(farm: queues.Farm, wf: int, k: int, agent: int | None, avoid: i
     capped = [n.key[1] for n in path[1:-1] if n.maximum is not None]
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
+        if not capped:  # only its own limits: lock and re-read its counters in one statement
+            arrays = await store_scheduling.load(conn, wf, lock=True)
+            if not arrays:
+                return []
+            cap = k
+            if (most := arrays[0].maximum) is not None:  # the workflow's own maximum
+                cap = min(k, most - sum(a.assigned for a in arrays))
+            return await _take(conn, False, wf, cap, arrays, agent, avoid) if cap > 0 else []
         await store_scheduling.lock_for_claim(conn, capped, wf)
-        # the whole tree when a queue's maximum counts other workflows' agents, else only
-        # this workflow's arrays (the same read, narrowed)
-        fresh = await queues.read_farm(conn, None if capped else wf, only=wf)
+        # the whole tree: a queue's maximum counts other workflows' agents
+        fresh = await queues.read_farm(conn, only=wf)
         leaf = fresh.workflows.get(wf)
         if leaf is None:
             return []

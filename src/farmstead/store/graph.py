@@ -30,11 +30,12 @@ from sqlalchemy import (
 
 from farmstead.db.engine import Conn
 from farmstead.db.models import TaskEdge, WorkflowEdge
+from farmstead.db.prepared import prepare
 from farmstead.db.types import db_now
 from farmstead.fsm import TaskStatus
 from farmstead.store.bulk import next_batches
 from farmstead.store.rows import EventRow
-from farmstead.store.sql import TASK, TI, WORKFLOW, dialect, id_in
+from farmstead.store.sql import TASK, TI, WORKFLOW, dialect, id_in, ids_placeholder, ids_value
 from farmstead.store.workflows import INSTANCE_COLUMNS
 
 TASK_EDGE = cast(Table, TaskEdge.__table__)
@@ -254,19 +255,20 @@ def release_events(released: Sequence[Released]) -> list[EventRow]:
 # ---- what finished: probes and candidates -----------------------------------------------------
 
 
+def _probe(d: str) -> Any:
+    by_task = exists().where(ids_placeholder(TASK_EDGE.c.upstream_id, d, name="tasks"))
+    by_workflow = exists().where(
+        ids_placeholder(WORKFLOW_EDGE.c.upstream_workflow_id, d, name="workflows")
+    )
+    return select(literal(1)).where(or_(by_task, by_workflow))
+
+
 async def has_downstream(conn: Conn, task_ids: Sequence[int], workflow_ids: Sequence[int]) -> bool:
-    """Whether any edge leaves these tasks or workflows: one indexed probe (the usual answer,
-    no, costs one round trip)."""
-    parts: list[ColumnElement[bool]] = []
-    if task_ids:
-        parts.append(exists().where(id_in(TASK_EDGE.c.upstream_id, list(task_ids), dialect(conn))))
-    if workflow_ids:
-        parts.append(
-            exists().where(WORKFLOW_EDGE.c.upstream_workflow_id.in_(sorted(set(workflow_ids))))
-        )
-    if not parts:
-        return False
-    return (await conn.execute(select(literal(1)).where(or_(*parts)))).first() is not None
+    """Whether any edge leaves these tasks or workflows: one prepared, indexed probe (the
+    usual answer, no, costs one round trip)."""
+    d = dialect(conn)
+    params = {"tasks": ids_value(task_ids, d), "workflows": ids_value(sorted(set(workflow_ids)), d)}
+    return bool((await conn.run(prepare(d, "edge_probe", lambda: _probe(d)), params)).rows)
 
 
 async def downstream_candidates(

@@ -79,11 +79,12 @@ def ids_value(ids: Sequence[int], dialect_name: str) -> Any:
 
 
 def ids_placeholder(
-    column: ColumnElement[Any], dialect_name: str, value: Any = None
+    column: ColumnElement[Any], dialect_name: str, value: Any = None, name: str = "ids"
 ) -> ColumnElement[bool]:
+    """`column IN` the ids bound as parameter `name` (`ids_value`)."""
     if dialect_name == "postgresql":
-        return column == func.any(bindparam("ids", value, type_=postgresql.ARRAY(BigInteger)))
-    table = func.json_each(bindparam("ids", value, type_=Text()))
+        return column == func.any(bindparam(name, value, type_=postgresql.ARRAY(BigInteger)))
+    table = func.json_each(bindparam(name, value, type_=Text()))
     return column.in_(select(table.table_valued("value").c.value.cast(Integer)))
 
 
