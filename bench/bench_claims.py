@@ -4,7 +4,8 @@
    tasks each), 64 agents claiming concurrently, each over its own keep-alive connection: claim
    one instance, report it running, hold it for `--hold` seconds (its "task", default 2 s: 32
    claims a second in all), report it done, claim again; then once with no hold at all (each
-   agent claims again at once: the most claims a second one server process gives). Claim latency p50/p99 as the claimers see it. The same 64 clients then drive a
+   agent claims again at once: the most claims a second one server process gives). Claim
+   latency p50/p99 as the claimers see it. The same 64 clients then drive a
    bare FastAPI app (bench/peers/bare_app.py: the framework's own cost, no database) with the
    same three requests, interleaved round by round, and the ratio is printed.
 2. A graph of 100,000 tasks (1,000 chains of 100, by name): time to submit it (one POST).
