@@ -2,8 +2,9 @@
 
 1. Claims: 1,000,000 QUEUED instances in 100 queues (weights 1..10, one workflow of 10,000
    tasks each), 64 agents claiming concurrently, each over its own keep-alive connection: claim
-   one instance, report it running, hold it for `--hold` seconds (its "task", default 2 s: 32
-   claims a second in all), report it done, claim again; then once with no hold at all (each
+   one instance, report it running, hold it for about `--hold` seconds (its "task": 0.5 to 1.5
+   times it, at random; the agents start at random within it; default 2 s, 32 claims a second
+   in all), report it done, claim again; then once with no hold at all (each
    agent claims again at once: the most claims a second one server process gives). Claim
    latency p50/p99 as the claimers see it. The same 64 clients then drive a
    bare FastAPI app (bench/peers/bare_app.py: the framework's own cost, no database) with the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +77,7 @@ async def _claimer(
     got = 0
     body = json.dumps({"limit": 1, "agent_id": agent} if agent else {"limit": 1}).encode()
     try:
+        await asyncio.sleep(random.uniform(0, hold))  # agents start at different times
         for _ in range(claims):
             t0 = time.perf_counter()
             status, data = await http.request("POST", "/v3/claims", body)
@@ -91,7 +94,7 @@ async def _claimer(
             got += 1
             running = json.dumps({"next_report_increment": INCREMENT, "nodename": "n"}).encode()
             await http.request("POST", f"/v3/fsm/task_instance/{ti}/log_running", running)
-            await asyncio.sleep(hold)
+            await asyncio.sleep(hold * random.uniform(0.5, 1.5))  # tasks differ in length
             await http.request("POST", f"/v3/fsm/task_instance/{ti}/log_done", b"{}")
     finally:
         await http.aclose()

@@ -137,7 +137,10 @@ async def _fair(
                 rows = await _take(conn, True, wf, k, farm.arrays[wf], agent, avoid)
             else:
                 assert db is not None
-                rows = await in_transaction(db, _locked_take(farm, wf, k, agent, avoid))
+                try:
+                    rows = await in_transaction(db, _locked_take(farm, wf, k, agent, avoid))
+                except _Overshoot:
+                    rows = []
             got += rows
             if len(rows) < k:
                 dry.add(wf)
@@ -147,21 +150,38 @@ async def _fair(
     return got
 
 
+class _Overshoot(Exception):
+    """A claim that would pass an array's or its workflow's limit: rolled back."""
+
+
 def _locked_take(farm: queues.Farm, wf: int, k: int, agent: int | None, avoid: int | None) -> Any:
-    """PostgreSQL: hold the queues with a maximum on the workflow's path and its counters
-    (claims that could pass a limit together take turns), re-read them, claim within them."""
+    """PostgreSQL: with a queue maximum on the workflow's path, hold those queues and its
+    counters (claims that could pass a limit together take turns), re-read them, claim within
+    them; with none, claim first and check its own limits after."""
     path = farm.path(farm.workflows[wf])
     capped = [n.key[1] for n in path[1:-1] if n.maximum is not None]
+    arrays = farm.arrays[wf]
+    most = arrays[0].maximum if arrays else None
+    # its own maximum over several arrays: another claim could add on an array this one does
+    # not lock; so it takes turns like a capped queue
+    optimistic = not capped and (most is None or len(arrays) == 1)
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
-        if not capped:  # only its own limits: lock and re-read its counters in one statement
-            arrays = await store_scheduling.load(conn, wf, lock=True)
-            if not arrays:
-                return []
-            cap = k
-            if (most := arrays[0].maximum) is not None:  # the workflow's own maximum
-                cap = min(k, most - sum(a.assigned for a in arrays))
-            return await _take(conn, False, wf, cap, arrays, agent, avoid) if cap > 0 else []
+        if optimistic:
+            # Only its own limits: claim at once, then check its counters, which the claim's
+            # own counter update holds locked to the end of this transaction (so every other
+            # claim's is counted): over a limit, roll back (the workflow is dry this round).
+            # Claims on one array wait for each other only from their claim to their commit.
+            cap = k if most is None else min(k, most - sum(a.assigned for a in arrays))
+            rows = await _take(conn, False, wf, cap, arrays, agent, avoid) if cap > 0 else []
+            if rows:
+                now = await store_scheduling.load(conn, wf)
+                over = any(a.assigned > a.max_running for a in now)
+                if most is not None and sum(a.assigned for a in now) > most:
+                    over = True
+                if over:
+                    raise _Overshoot
+            return rows
         await store_scheduling.lock_for_claim(conn, capped, wf)
         # the whole tree: a queue's maximum counts other workflows' agents
         fresh = await queues.read_farm(conn, only=wf)
@@ -169,9 +189,10 @@ def _locked_take(farm: queues.Farm, wf: int, k: int, agent: int | None, avoid: i
         if leaf is None:
             return []
         nodes = fresh.path(leaf)[1:]
-        arrays = fresh.arrays[wf]
         cap = min([k] + [n.maximum - n.assigned for n in nodes if n.maximum is not None])
-        return await _take(conn, False, wf, cap, arrays, agent, avoid) if cap > 0 else []
+        if cap <= 0:
+            return []
+        return await _take(conn, False, wf, cap, fresh.arrays[wf], agent, avoid)
 
     return work
 

@@ -45,16 +45,20 @@ async def submit(
             field="array" if req.array else "tasks",
         )
     edges = graph.check_names(req.tasks) if req.tasks and req.has_graph else []
-    held = req.has_graph
+    # Upstream workflows: every task starts HELD, then what is ready is released. Edges within
+    # the submission only: the tasks with upstream tasks are HELD, the rest QUEUED at once.
+    after = bool(req.depends_on)
+    held_at = {d for d, _u in edges}
+    queued = 0 if after else req.size - len(held_at)
     batch_size = req.size if pull else settings.array_batch_size
-    batches = 0 if held else (req.size + batch_size - 1) // batch_size
+    batches = (queued + batch_size - 1) // batch_size
     defaults = {
         "max_attempts": req.max_attempts or settings.default_max_attempts,
         "priority": req.priority,
         "resources": req.resources,
         "resource_scales": req.resource_scales,
         "pull": pull is not None,
-        "held": held,
+        "held": after,
     }
 
     async def work(conn: Conn) -> dict[str, Any]:
@@ -86,17 +90,20 @@ async def submit(
             )
         else:
             tasks = [
-                {**defaults, **t.model_dump(exclude_none=True, exclude={"depends_on"})}
-                for t in (req.tasks or [])
+                {
+                    **defaults,
+                    **t.model_dump(exclude_none=True, exclude={"depends_on"}),
+                    "held": after or i in held_at,
+                }
+                for i, t in enumerate(req.tasks or [])
             ]
-            ids = await store.insert_listed_tasks(conn, wf_id, array_id, tasks, held)
-            if held:
-                await graph_store.insert_task_edges(conn, [(ids[d], ids[u]) for d, u in edges])
-                created = len(ids)
-            else:
-                created = await store.insert_first_instances(conn, array_id, batch_size)
-        counts = {"Q": created}
-        if held:
+            ids = await store.insert_listed_tasks(conn, wf_id, array_id, tasks, bool(edges))
+            await graph_store.insert_task_edges(conn, [(ids[d], ids[u]) for d, u in edges])
+            if queued:
+                await store.insert_first_instances(conn, array_id, batch_size)
+            created = len(tasks)
+        counts = {"Q": queued, "H": created - queued}
+        if after:
             await _link(conn, wf_id, req)
             # what waits on nothing unfinished is QUEUED at once (no events: a new task's
             # first status is QUEUED or HELD)

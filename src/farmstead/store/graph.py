@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Table,
     and_,
+    bindparam,
     case,
     exists,
     func,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 
 from farmstead.db.engine import Conn
 from farmstead.db.models import TaskEdge, WorkflowEdge
@@ -57,12 +60,27 @@ class Released:
 # ---- edges -----------------------------------------------------------------------------------
 
 
+def _edges_pg() -> Any:
+    def ids(name: str) -> Any:
+        return func.unnest(bindparam(name, type_=postgresql.ARRAY(BigInteger())))
+
+    return insert(TASK_EDGE).from_select(
+        ["downstream_id", "upstream_id"], select(ids("down"), ids("up"))
+    )
+
+
 async def insert_task_edges(conn: Conn, pairs: Sequence[tuple[int, int]]) -> None:
-    """Edges (downstream task id, upstream task id)."""
-    if pairs:
-        await conn.execute(
-            TASK_EDGE.insert(), [{"downstream_id": d, "upstream_id": u} for d, u in pairs]
-        )
+    """Edges (downstream task id, upstream task id): on PostgreSQL one statement over two
+    arrays, on SQLite an executemany."""
+    if not pairs:
+        return
+    if dialect(conn) == "postgresql":
+        params = {"down": [d for d, _ in pairs], "up": [u for _, u in pairs]}
+        await conn.run(prepare("postgresql", "insert_task_edges", _edges_pg), params)
+        return
+    await conn.execute(
+        TASK_EDGE.insert(), [{"downstream_id": d, "upstream_id": u} for d, u in pairs]
+    )
 
 
 async def insert_workflow_edges(conn: Conn, downstream: int, upstream: Sequence[int]) -> None:

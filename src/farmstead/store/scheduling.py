@@ -36,7 +36,7 @@ class ArrayLoad(NamedTuple):
     pull: bool
 
 
-def _load(by_workflow: bool, lock: bool = False) -> Any:
+def _load(by_workflow: bool) -> Any:
     active = or_(COUNT.c.queued > 0, COUNT.c.assigned > 0)  # the partial index's condition
     stmt = (
         select(
@@ -58,17 +58,13 @@ def _load(by_workflow: bool, lock: bool = False) -> Any:
     )
     if by_workflow:
         stmt = stmt.where(COUNT.c.workflow_id == bindparam("workflow_id", type_=BigInteger()))
-    stmt = stmt.order_by(COUNT.c.array_id)
-    return stmt.with_for_update(of=COUNT) if lock else stmt
+    return stmt.order_by(COUNT.c.array_id)
 
 
-async def load(conn: Conn, workflow_id: int | None = None, lock: bool = False) -> list[ArrayLoad]:
-    """Every array with work or agents (or those of one workflow): one indexed read.
-    `lock` (PostgreSQL, with `workflow_id`): its counter rows are locked, in array id order."""
+async def load(conn: Conn, workflow_id: int | None = None) -> list[ArrayLoad]:
+    """Every array with work or agents (or those of one workflow): one indexed read."""
     by_workflow = workflow_id is not None
-    prepared = prepare(
-        dialect(conn), ("array_load", by_workflow, lock), lambda: _load(by_workflow, lock)
-    )
+    prepared = prepare(dialect(conn), ("array_load", by_workflow), lambda: _load(by_workflow))
     params = {"workflow_id": workflow_id} if by_workflow else {}
     return [ArrayLoad(*r) for r in (await conn.run(prepared, params)).rows]
 

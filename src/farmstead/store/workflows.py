@@ -1,10 +1,14 @@
 """Queries on workflows, arrays and tasks: submission in bulk, counts, listings."""
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Integer,
     String,
+    Text,
     bindparam,
     cast,
     func,
@@ -14,8 +18,10 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql
 
 from farmstead.db.engine import Conn
+from farmstead.db.prepared import prepare
 from farmstead.db.types import JSONType, db_now
 from farmstead.store.scheduling import QUEUE
 from farmstead.store.sql import (
@@ -213,18 +219,23 @@ async def _insert_range_instances_sqlite(
 
 
 async def insert_listed_tasks(
-    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]], held: bool
+    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]], ids: bool
 ) -> list[int]:
-    """Insert tasks given one by one (an executemany of one statement); their ids, in order.
-    `held`: HELD, with no instance yet (they wait on upstream tasks)."""
+    """Insert tasks given one by one, each QUEUED or (with `held`) HELD with no instance yet;
+    with `ids`, their ids in order (else []).
+
+    PostgreSQL: one statement over arrays of the values (`unnest`), with ids drawn from the
+    sequence first. SQLite: an executemany of one statement (RETURNING the ids when asked)."""
+    if dialect(conn) == "postgresql":
+        return await _insert_listed_pg(conn, workflow_id, array_id, tasks)
     rows = [
         {
             "workflow_id": workflow_id,
             "array_id": array_id,
             "name": t["name"],
             "command": t["command"],
-            "status": "H" if held else "Q",
-            "num_attempts": 0 if held else 1,
+            "status": "H" if t.get("held") else "Q",
+            "num_attempts": 0 if t.get("held") else 1,
             "max_attempts": t["max_attempts"],
             "priority": t["priority"],
             "resources": t["resources"],
@@ -234,11 +245,65 @@ async def insert_listed_tasks(
         for t in tasks
     ]
     stmt = TASK.insert().values(status_date=db_now(), time_submitted=db_now())
-    if not held:  # ids are needed for edges only
+    if not ids:
         await conn.execute(stmt, rows)
         return []
     result = await conn.execute(stmt.returning(TASK.c.id, sort_by_parameter_order=True), rows)
     return [int(r[0]) for r in result.all()]
+
+
+def _unnest(name: str, item: Any) -> Any:
+    return func.unnest(bindparam(name, type_=postgresql.ARRAY(item)))
+
+
+def _listed_pg() -> Any:
+    cols = {
+        "id": _unnest("ids", BigInteger()),
+        "workflow_id": bindparam("workflow_id", type_=BigInteger()),
+        "array_id": bindparam("array_id", type_=BigInteger()),
+        "name": _unnest("names", Text()),
+        "command": _unnest("commands", Text()),
+        "status": _unnest("statuses", Text()),
+        "status_date": db_now(),
+        "num_attempts": _unnest("tries", Integer()),
+        "max_attempts": _unnest("max_attempts", Integer()),
+        "priority": _unnest("priorities", Integer()),
+        "resources": cast(_unnest("resources", Text()), postgresql.JSONB),
+        "resource_scales": cast(_unnest("scales", Text()), postgresql.JSONB),
+        "progress": literal(0.0),
+        "time_submitted": db_now(),
+        **{c: literal(0) for c in ("attempts_base", "resets", "attempts", "failures")},
+    }
+    return insert(TASK).from_select(list(cols), select(*[v.label(k) for k, v in cols.items()]))
+
+
+async def _insert_listed_pg(
+    conn: Conn, workflow_id: int, array_id: int, tasks: Sequence[dict[str, Any]]
+) -> list[int]:
+    seq = (await conn.execute(select(func.pg_get_serial_sequence("task", "id")))).scalar_one()
+    draw = select(func.nextval(literal(str(seq)).cast(postgresql.REGCLASS))).select_from(
+        func.generate_series(1, len(tasks))
+    )
+    ids = sorted(int(i) for i in (await conn.execute(draw)).scalars())
+
+    def as_json(value: Any) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    params = {
+        "ids": ids,
+        "workflow_id": workflow_id,
+        "array_id": array_id,
+        "names": [t["name"] for t in tasks],
+        "commands": [t["command"] for t in tasks],
+        "statuses": ["H" if t.get("held") else "Q" for t in tasks],
+        "tries": [0 if t.get("held") else 1 for t in tasks],
+        "max_attempts": [t["max_attempts"] for t in tasks],
+        "priorities": [t["priority"] for t in tasks],
+        "resources": [as_json(t["resources"]) for t in tasks],
+        "scales": [as_json(t["resource_scales"]) for t in tasks],
+    }
+    await conn.run(prepare("postgresql", "insert_listed_tasks", _listed_pg), params)
+    return ids
 
 
 INSTANCE_COLUMNS = [
@@ -256,11 +321,12 @@ INSTANCE_COLUMNS = [
 
 
 async def insert_first_instances(conn: Conn, array_id: int, batch_size: int) -> int:
-    """A QUEUED instance for every task of a new array, batch b / step s: one statement."""
+    """A QUEUED instance for every QUEUED task of a new array (not the HELD ones), batch b /
+    step s: one statement."""
     rank = (func.row_number().over(order_by=TASK.c.id) - 1).label("rank")
     ranked = (
         select(TASK.c.id, TASK.c.workflow_id, TASK.c.resources, TASK.c.priority, rank)
-        .where(TASK.c.array_id == array_id)
+        .where(TASK.c.array_id == array_id, TASK.c.status == "Q")
         .subquery()
     )
     sel = select(
