@@ -57,9 +57,8 @@ class Node:
         return self.room is not None and self.room <= 0
 
 
-def _ratio(child: Node, level: list[Node]) -> float:
-    weights = sum(c.weight for c in level)
-    assigned = sum(c.assigned for c in level)
+def _ratio(child: Node, weights: float, assigned: int) -> float:
+    """The child's share of its level's agents over its share of the level's weight."""
     if assigned == 0:
         return 0.0
     if weights <= 0 or child.weight <= 0:
@@ -77,7 +76,12 @@ def choose(children: list[Node]) -> Node | None:
         return min(below, key=lambda c: (c.assigned - (c.minimum or 0), -c.priority, c.key))
     top = max(c.priority for c in open_)
     level = [c for c in children if c.priority == top]  # shares among the whole level
-    return min((c for c in open_ if c.priority == top), key=lambda c: (_ratio(c, level), c.key))
+    weights = sum(c.weight for c in level)
+    assigned = sum(c.assigned for c in level)
+    return min(
+        (c for c in open_ if c.priority == top),
+        key=lambda c: (_ratio(c, weights, assigned), c.key),
+    )
 
 
 def pick(root: Node) -> list[Node] | None:
