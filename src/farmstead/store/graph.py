@@ -146,22 +146,25 @@ def _upstream_pending(task: Any = TASK) -> ColumnElement[bool]:
     )
 
 
-def failed_upstream(task: Any = TASK) -> ColumnElement[bool]:
-    """Some upstream task of `task`, or some task of an upstream workflow of its workflow, is
-    ERROR_FATAL or BLOCKED: re-opening it would only wait forever."""
+def _failed_up() -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    """An upstream task of TASK that is ERROR_FATAL or BLOCKED: the alias, and the conditions
+    through a task edge and through a workflow edge."""
     up = TASK.alias("failed_up")
-    bad = ("F", BLOCKED)
-    by_task = exists().where(
-        TASK_EDGE.c.downstream_id == task.c.id,
-        up.c.id == TASK_EDGE.c.upstream_id,
-        up.c.status.in_(bad),
-    )
-    by_workflow = exists().where(
-        WORKFLOW_EDGE.c.downstream_workflow_id == task.c.workflow_id,
+    bad = up.c.status.in_(("F", BLOCKED))
+    by_task = (TASK_EDGE.c.downstream_id == TASK.c.id, up.c.id == TASK_EDGE.c.upstream_id, bad)
+    by_workflow = (
+        WORKFLOW_EDGE.c.downstream_workflow_id == TASK.c.workflow_id,
         up.c.workflow_id == WORKFLOW_EDGE.c.upstream_workflow_id,
-        up.c.status.in_(bad),
+        bad,
     )
-    return or_(by_task, by_workflow)
+    return up, by_task, by_workflow
+
+
+def failed_upstream() -> ColumnElement[bool]:
+    """Some upstream task of a task, or some task of an upstream workflow of its workflow, is
+    ERROR_FATAL or BLOCKED: re-opening it would only wait forever."""
+    _up, by_task, by_workflow = _failed_up()
+    return or_(exists().where(*by_task), exists().where(*by_workflow))
 
 
 async def _waiting_workflows(conn: Conn, workflow_ids: Sequence[int]) -> set[int]:
@@ -411,26 +414,9 @@ async def block_failed(conn: Conn, candidates: ColumnElement[bool]) -> list[tupl
     """HELD tasks matching `candidates` with an upstream task (or a task of an upstream
     workflow) already ERROR_FATAL or BLOCKED → BLOCKED, and everything downstream of them
     (a new submission after a failed workflow; a task a resume held again)."""
-    up = TASK.alias("failed_up")
-    bad = ("F", BLOCKED)
-    via_task = (
-        select(func.min(up.c.id))
-        .where(
-            TASK_EDGE.c.downstream_id == TASK.c.id,
-            up.c.id == TASK_EDGE.c.upstream_id,
-            up.c.status.in_(bad),
-        )
-        .scalar_subquery()
-    )
-    via_workflow = (
-        select(func.min(up.c.id))
-        .where(
-            WORKFLOW_EDGE.c.downstream_workflow_id == TASK.c.workflow_id,
-            up.c.workflow_id == WORKFLOW_EDGE.c.upstream_workflow_id,
-            up.c.status.in_(bad),
-        )
-        .scalar_subquery()
-    )
+    up, by_task, by_workflow = _failed_up()
+    via_task = select(func.min(up.c.id)).where(*by_task).scalar_subquery()
+    via_workflow = select(func.min(up.c.id)).where(*by_workflow).scalar_subquery()
     rows = await conn.execute(
         select(TASK.c.id, func.coalesce(via_task, via_workflow))
         .where(candidates, TASK.c.status == HELD, failed_upstream())
