@@ -78,6 +78,9 @@ class LocalExecutor:
         #: set (e.g. by a second Ctrl-C) to end a drain: running commands are stopped
         self.abort_drain = asyncio.Event()
         self.running: dict[int, asyncio.Task[None]] = {}
+        #: instances of `running` whose command has ended (being reported): their slots are free
+        self.ended: set[int] = set()
+        self.slot_freed = asyncio.Event()
         self.agent_id: int | None = None
         self.workers: dict[int, asyncio.subprocess.Process] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -89,7 +92,7 @@ class LocalExecutor:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep up to `slots` instances running until `stop` is set; then drain or end them."""
         api = Api(self.server_url, retry_limit=30, client=self.client)
-        runner = Runner(api, self.config, watcher=self.state)
+        runner = Runner(api, self.config, watcher=self.state, on_exit=self._command_ended)
         try:
             await self._until_serving(api, stop)
             await self._register(api)
@@ -104,6 +107,7 @@ class LocalExecutor:
         next_check = loop.time() + self.status_interval
         while not stop.is_set():
             try:
+                self.slot_freed.clear()  # a command that ends from here on wakes the wait
                 more = await self._claim(api, runner)
                 if loop.time() >= next_check:
                     next_check = loop.time() + self.status_interval
@@ -117,7 +121,7 @@ class LocalExecutor:
     async def _claim(self, api: Api, runner: Runner) -> bool:
         """Claim instances for the free slots and start them; True if it got some and slots
         are still free."""
-        free = self.slots - len(self.running)
+        free = self.slots - self._busy()
         if free <= 0:
             return False
         try:
@@ -130,7 +134,17 @@ class LocalExecutor:
             task = asyncio.create_task(self._one(api, runner, ti_id, int(item["workflow_id"])))
             self.running[ti_id] = task
             task.add_done_callback(self._forget(ti_id))
-        return bool(claimed) and len(self.running) < self.slots
+        return bool(claimed) and self._busy() < self.slots
+
+    def _busy(self) -> int:
+        """Slots taken: instances claimed whose command has not ended (a slot is free again
+        while the end of its last command is being reported)."""
+        return len(self.running) - len(self.ended)
+
+    def _command_ended(self, ti_id: int) -> None:
+        if ti_id in self.running:
+            self.ended.add(ti_id)
+            self.slot_freed.set()
 
     async def _register(self, api: Api) -> None:
         """Become an agent (the queue rules count agents); without one it still claims."""
@@ -144,12 +158,16 @@ class LocalExecutor:
     def _forget(self, ti_id: int) -> Callable[[asyncio.Task[None]], None]:
         def forget(_: asyncio.Task[None]) -> None:
             self.running.pop(ti_id, None)
+            self.ended.discard(ti_id)
 
         return forget
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Until `event`, an instance ends, or `timeout` seconds."""
-        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(event.wait())}
+        """Until `event`, an instance or its command ends, or `timeout` seconds."""
+        waiters: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(event.wait()),
+            asyncio.ensure_future(self.slot_freed.wait()),
+        }
         running: set[asyncio.Future[object]] = set(self.running.values())  # type: ignore[arg-type]
         await asyncio.wait(waiters | running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
@@ -253,10 +271,10 @@ class LocalExecutor:
     async def _one(self, api: Api, runner: Runner, ti_id: int, workflow_id: int) -> None:
         distributor_id = f"local:{self.host}:{os.getpid()}:{ti_id}"
         try:
-            await api.log_distributor_id(ti_id, distributor_id, self.config.report_increment)
-            if self.mode == "coroutine":
+            if self.mode == "coroutine":  # the runner's log_running (I → R) carries the id
                 await runner.run(ti_id, distributor_id)
-            else:
+            else:  # a worker process takes a moment to start: LAUNCHED says it is on its way
+                await api.log_distributor_id(ti_id, distributor_id, self.config.report_increment)
                 await self._subprocess(api, ti_id, workflow_id, distributor_id)
         except asyncio.CancelledError:
             raise

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,11 +90,110 @@ class Limits:
         )
 
 
+class Launcher:
+    """This process's launcher server (launcher.py), started on first use and kept.
+
+    Each command is a fork of that small process (see launcher.py for why). Requests go one at
+    a time; the loop waits for each answer (the server forks meanwhile) without blocking. A
+    launcher server that died is started again for the next command."""
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # the pid that started it (a forked child starts its own)
+        self._lifeline: tuple[int, int] | None = None
+
+    async def launch(
+        self, command: str, env: dict[str, str], fds: list[int], grace: float
+    ) -> tuple[int, int]:
+        """Start `command` with stdout, stderr, report = `fds`; its launcher's pid and pidfd."""
+        msg = json.dumps({"shell": SHELL, "command": command, "env": env, "grace": grace}).encode()
+        if self._lock is None or self._owner != os.getpid():
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            for attempt in (1, 2):
+                sock = self._connected()
+                try:
+                    answer, got = await self._ask(sock, msg, fds)
+                except OSError:
+                    answer, got = b"", []
+                except asyncio.CancelledError:
+                    self._close()  # its answer may come later: never read it as another's
+                    raise
+                if answer:
+                    break
+                self._close()  # it died (or hung): start a new one, once
+                if attempt == 2:
+                    raise OSError("the launcher process does not answer")
+        reply = json.loads(answer)
+        if "error" in reply:
+            for fd in got:
+                os.close(fd)
+            raise OSError(f"could not start the command: {reply['error']}")
+        return int(reply["pid"]), got[0]
+
+    @staticmethod
+    async def _ask(sock: socket.socket, msg: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        socket.send_fds(sock, [msg], fds)  # a datagram: sent whole or refused
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _set_once, readable)
+        try:
+            await asyncio.wait_for(readable, timeout=30)
+        finally:
+            loop.remove_reader(sock.fileno())
+        answer, got, _, _ = socket.recv_fds(sock, 4096, 1)
+        return answer, got
+
+    def _connected(self) -> socket.socket:
+        if self._sock is not None and self._owner == os.getpid():
+            return self._sock
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self._lifeline is None or self._owner != os.getpid():
+            # kept open by this process alone, for its life: its end tells every launcher
+            self._lifeline = os.pipe()
+        life_r = self._lifeline[0]
+        try:
+            # its own session: a Ctrl-C at the terminal is for the executor, not for it
+            self._proc = subprocess.Popen(
+                [*LAUNCHER, str(theirs.fileno()), str(life_r)],
+                pass_fds=(theirs.fileno(), life_r),
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        self._sock, self._owner = mine, os.getpid()
+        return mine
+
+    def _close(self) -> None:
+        """Let go of a launcher server that died or does not answer (what it started goes on)."""
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc is not None and self._owner == os.getpid():
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+        self._sock = self._proc = None
+
+
+#: one per process
+LAUNCHER_SERVER = Launcher()
+
+
 @dataclass
 class Command:
-    """A running command."""
+    """A running command (its launcher's pid leads its process group)."""
 
-    proc: subprocess.Popen[bytes]
+    pid: int
+    pidfd: int
+    exited: "asyncio.Future[None]"
     started: float
     stdout: Tail
     stderr: Tail
@@ -111,49 +211,42 @@ class Command:
         stderr: Path | None,
         grace: float = 10.0,
     ) -> "Command":
-        """Start `command` under the launcher, in a new session (its process group).
+        """Start `command` under a launcher, in a new session (its process group).
 
-        Raises OSError (nothing started) if a log file cannot be opened. `grace`: if this
-        process dies, the launcher SIGTERMs the group, then SIGKILLs it `grace` s later."""
+        Raises OSError (nothing started) if a log file cannot be opened or the launcher cannot
+        fork. `grace`: if this process dies, the launcher SIGTERMs the group, then SIGKILLs it
+        `grace` s later."""
         out = Tail(stdout)
         try:
             err = Tail(stderr)
         except OSError:
             out.close()
             raise
-        report_r, report_w = os.pipe()
+        pipes = [os.pipe(), os.pipe(), os.pipe()]  # stdout, stderr, report
         try:
-            proc = subprocess.Popen(
-                [*LAUNCHER, str(report_w), str(grace), SHELL, command],
-                env=env,
-                start_new_session=True,
-                pass_fds=(report_w,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            pid, pidfd = await LAUNCHER_SERVER.launch(command, env, [w for _, w in pipes], grace)
         except BaseException:
-            os.close(report_r)
+            for r, _ in pipes:
+                os.close(r)
             out.close()
             err.close()
             raise
         finally:
-            os.close(report_w)
-        cmd = cls(proc, time.monotonic(), out, err, report_r)
-        assert proc.stdout is not None and proc.stderr is not None
+            for _, w in pipes:
+                os.close(w)
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(pidfd, _set_once, exited)
+        cmd = cls(pid, pidfd, exited, time.monotonic(), out, err, pipes[2][0])
         cmd.pumps = [
-            asyncio.create_task(_pump(proc.stdout, cmd.stdout)),
-            asyncio.create_task(_pump(proc.stderr, cmd.stderr)),
+            asyncio.create_task(_pump(pipes[0][0], cmd.stdout)),
+            asyncio.create_task(_pump(pipes[1][0], cmd.stderr)),
         ]
         return cmd
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self.pid, sig)
 
     async def stop(self, reason: str, detail: str, grace: float) -> None:
         """SIGTERM the group, then SIGKILL the command's processes after `grace` seconds.
@@ -174,7 +267,7 @@ class Command:
 
     async def _ended_within(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
-        while self.proc.returncode is None and _alive(self.pid):
+        while not self.exited.done():
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.05)
@@ -195,22 +288,19 @@ class Command:
         return None
 
     async def wait(self) -> Exit:
-        """Wait for the command without blocking the loop; measure it with wait4."""
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(self.pid)
-        exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, _set_once, exited)
+        """Wait for the command without blocking the loop; its usage as the launcher measured
+        it with wait4."""
         try:
-            await exited
+            await self.exited
         finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        _, status, _usage = os.wait4(self.pid, 0)  # the launcher's: its size is the server's
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
         report = _read_report(self.report_fd)
-        if report is not None:
-            status = int(report["status"])
-        returncode = os.waitstatus_to_exitcode(status)
-        self.proc.returncode = returncode  # we reaped it: keep Popen from warning
+        if report is None:  # the launcher itself was killed (it ignores the group's SIGTERM)
+            returncode = -signal.SIGKILL
+        else:
+            returncode = os.waitstatus_to_exitcode(int(report["status"]))
         wallclock = time.monotonic() - self.started
         # the group may linger (a background child holding the pipes): stop it
         self.signal_group(signal.SIGKILL)
@@ -256,8 +346,9 @@ def _set_once(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
-async def _pump(pipe: IO[bytes], tail: Tail) -> None:
+async def _pump(fd: int, tail: Tail) -> None:
     loop = asyncio.get_running_loop()
+    pipe = open(fd, "rb", buffering=0)  # noqa: SIM115 - the transport closes it
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     try:
@@ -265,14 +356,6 @@ async def _pump(pipe: IO[bytes], tail: Tail) -> None:
             tail.feed(data)
     finally:
         transport.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

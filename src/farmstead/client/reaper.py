@@ -1,7 +1,7 @@
 """What the local executor leaves on disk and how it ends process trees.
 
 The executor records each running command's process group (group id, the leader's start time,
-the instance) in a small JSON state file. If the server is killed (kill -9, a crash), the
+the instance) in a small state file (JSON lines). If the server is killed (kill -9, a crash), the
 commands' launchers end their groups when they see their parent die; a restarted executor reads
 the file, ends whatever is left of those groups (checking they are still the same processes:
 the leader's start time, or the instance id in their environment), and reports each instance
@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -36,19 +36,38 @@ class Record:
 
 
 class StateFile:
-    """The executor's records of running process groups, rewritten atomically on each change."""
+    """The executor's records of running process groups: a journal of one JSON line per change
+    (`[ti, pgid, start]` added, `ti` removed), appended with one write each (a rename per change
+    cost more than the rest of a short task's bookkeeping) and rewritten whole, atomically, when
+    it has grown to several times what it holds. A torn last line (a crash in a write) is
+    skipped when read. No file is left once nothing runs."""
+
+    #: rewrite once the journal holds this many lines more than there are records
+    COMPACT_AFTER = 1000
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[int, Record] = {}
+        self._fd: int | None = None
+        self._lines = 0
 
     def load(self) -> list[Record]:
-        """The records a previous run left (an unreadable file counts as none)."""
+        """The records a previous run left (unreadable lines count as none)."""
         try:
-            raw = json.loads(self.path.read_text())
-            return [Record(**r) for r in raw]
-        except (OSError, ValueError, TypeError):
+            text = self.path.read_text()
+        except OSError:
             return []
+        found: dict[int, Record] = {}
+        for line in text.splitlines():
+            try:
+                item = json.loads(line)
+                if isinstance(item, list):
+                    found[int(item[0])] = Record(int(item[0]), int(item[1]), float(item[2]))
+                else:
+                    found.pop(int(item), None)
+            except (ValueError, TypeError, IndexError):
+                continue
+        return list(found.values())
 
     def add(self, ti_id: int, pid: int) -> None:
         """Record the group led by `pid` (just started) for `ti_id`."""
@@ -57,29 +76,51 @@ class StateFile:
         except psutil.Error:
             return  # already gone: nothing to reap later
         self.records[ti_id] = Record(ti_id, pid, start)
-        self._save()
+        self._append([ti_id, pid, start])
 
     def remove(self, ti_id: int) -> None:
         """Forget `ti_id`: its command ended and was reported."""
-        if self.records.pop(ti_id, None) is not None:
-            self._save()
+        if self.records.pop(ti_id, None) is None:
+            return
+        if not self.records:  # nothing running: leave no file behind
+            self.clear()
+        else:
+            self._append(ti_id)
 
     def clear(self) -> None:
         """Forget everything (after the leftovers were reaped and reported)."""
         self.records.clear()
-        self._save()
-
-    def _save(self) -> None:
+        self._close()
         try:
-            if not self.records:  # nothing running: leave no file behind
-                self.path.unlink(missing_ok=True)
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps([asdict(r) for r in self.records.values()]))
-            os.replace(tmp, self.path)
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove the executor state file %s: %s", self.path, exc)
+
+    def _append(self, item: object) -> None:
+        try:
+            if self._fd is None or self._lines > self.COMPACT_AFTER + 4 * len(self.records):
+                self._rewrite()
+            else:
+                os.write(self._fd, json.dumps(item).encode() + b"\n")
+                self._lines += 1
         except OSError as exc:
             log.warning("cannot write the executor state file %s: %s", self.path, exc)
+
+    def _rewrite(self) -> None:
+        """The journal anew, holding the records alone (written aside, then renamed)."""
+        self._close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        lines = [json.dumps([r.task_instance_id, r.pgid, r.start]) for r in self.records.values()]
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._lines = len(lines)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _leftovers(records: list[Record], key: str) -> list[psutil.Process]:

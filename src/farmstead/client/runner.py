@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,11 +74,17 @@ class Runner:
     """Runs task instances against one server."""
 
     def __init__(
-        self, api: Api, config: RunnerConfig | None = None, watcher: Watcher | None = None
+        self,
+        api: Api,
+        config: RunnerConfig | None = None,
+        watcher: Watcher | None = None,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.api = api
         self.config = config or RunnerConfig()
         self.watcher = watcher
+        #: told when an instance's command has ended, before its end is reported
+        self.on_exit = on_exit
         self.nodename = self.config.nodename or socket.getfqdn()
         #: the commands running now, by instance id
         self.commands: dict[int, Command] = {}
@@ -190,6 +197,8 @@ class Runner:
             result = await cmd.wait()
         finally:
             self.commands.pop(ti_id, None)
+            if self.on_exit is not None:
+                self.on_exit(ti_id)
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch

@@ -129,16 +129,19 @@ async def after_moves(
     downstream (the usual case)."""
     tasks = [t for t, _ in (*done, *failed)]
     workflows = sorted({w for _, w in (*done, *failed)})
-    if not await store.has_downstream(conn, tasks, workflows):
+    edges = await store.has_downstream(conn, tasks, workflows)
+    if not edges:
         return
     if failed:
         events += blocked_events(await store.spread(conn, [t for t, _ in failed], "H", "B"))
     if done:
-        where = await store.downstream_candidates(
-            conn, [t for t, _ in done], sorted({w for _, w in done})
+        finished: list[int] = []
+        if edges.workflows:
+            finished = await store.finished_downstream_workflows(conn, sorted({w for _, w in done}))
+        released = await store.release_downstream(
+            conn, [t for t, _ in done], finished, RELEASE_BATCH
         )
-        if where is not None:
-            events += store.release_events(await store.release(conn, where, RELEASE_BATCH))
+        events += store.release_events(released)
 
 
 def blocked_events(moved: Sequence[tuple[int, int, int]]) -> list[EventRow]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     and_,
     bindparam,
     case,
@@ -264,16 +265,19 @@ async def add_error_logs(conn: Conn, descriptions: dict[int, str]) -> None:
         )
 
 
+def _next_batches() -> Any:
+    return (
+        update(ARRAY)
+        .where(ARRAY.c.id == bindparam("array_id"))
+        .values(last_batch_num=ARRAY.c.last_batch_num + bindparam("count", type_=Integer()))
+        .returning(ARRAY.c.last_batch_num)
+    )
+
+
 async def next_batches(conn: Conn, array_id: int, count: int) -> int:
     """Reserve `count` new batch numbers of an array; returns the first."""
-    last = (
-        await conn.execute(
-            update(ARRAY)
-            .where(ARRAY.c.id == array_id)
-            .values(last_batch_num=ARRAY.c.last_batch_num + count)
-            .returning(ARRAY.c.last_batch_num)
-        )
-    ).scalar_one()
+    prepared = prepare(dialect(conn), "next_batches", _next_batches)
+    last = (await conn.run(prepared, {"array_id": array_id, "count": count})).scalar()
     return int(last) - count + 1
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -136,13 +137,29 @@ async def workflow_sizes(conn: Conn, ids: Sequence[int]) -> dict[int, int]:
 # ---- release -----------------------------------------------------------------------------------
 
 
+def _not_done(column: Any) -> ColumnElement[bool]:
+    """`column` (a task status) is not DONE: the statuses written into the SQL (no expanding
+    parameter, so statements using it can be prepared)."""
+    return cast(ColumnElement[bool], column.in_([literal_column(f"'{v}'") for v in NOT_DONE]))
+
+
 def _upstream_pending(task: Any = TASK) -> ColumnElement[bool]:
     """Some upstream task of `task` is not DONE."""
     up = TASK.alias("up")
     return exists().where(
         TASK_EDGE.c.downstream_id == task.c.id,
         up.c.id == TASK_EDGE.c.upstream_id,
-        up.c.status.in_(NOT_DONE),
+        _not_done(up.c.status),
+    )
+
+
+def _upstream_workflow_pending(task: Any = TASK) -> ColumnElement[bool]:
+    """Some task of an upstream workflow of `task`'s workflow is not DONE."""
+    up = TASK.alias("up_wf")
+    return exists().where(
+        WORKFLOW_EDGE.c.downstream_workflow_id == task.c.workflow_id,
+        up.c.workflow_id == WORKFLOW_EDGE.c.upstream_workflow_id,
+        _not_done(up.c.status),
     )
 
 
@@ -167,55 +184,74 @@ def failed_upstream() -> ColumnElement[bool]:
     return or_(exists().where(*by_task), exists().where(*by_workflow))
 
 
-async def _waiting_workflows(conn: Conn, workflow_ids: Sequence[int]) -> set[int]:
-    """Those of `workflow_ids` with an upstream workflow that has a task not DONE."""
-    if not workflow_ids:
-        return set()
-    up = TASK.alias("up")
-    pending = exists().where(
-        up.c.workflow_id == WORKFLOW_EDGE.c.upstream_workflow_id, up.c.status.in_(NOT_DONE)
-    )
-    rows = await conn.execute(
-        select(WORKFLOW_EDGE.c.downstream_workflow_id)
-        .where(id_in(WORKFLOW_EDGE.c.downstream_workflow_id, list(workflow_ids), dialect(conn)))
-        .where(pending)
-        .distinct()
-    )
-    return {int(r[0]) for r in rows.all()}
-
-
 async def release(
     conn: Conn, candidates: ColumnElement[bool], batch_size: int, *, lock: bool = True
 ) -> list[Released]:
     """HELD tasks matching `candidates` whose upstream is all DONE → QUEUED, each with a new
     QUEUED instance (an array's released tasks share new batches). `lock=False`: tasks this
     transaction has just inserted (nobody else can see them)."""
-    held = and_(candidates, TASK.c.status == HELD)
-    pg = dialect(conn) == "postgresql"
-    if lock and pg:
-        found = await conn.execute(
-            select(TASK.c.id, TASK.c.workflow_id).where(held).order_by(TASK.c.id).with_for_update()
-        )
-    else:
-        found = await conn.execute(select(TASK.c.id, TASK.c.workflow_id).where(held))
-    rows = found.all()
-    if not rows:
-        return []
-    waiting = await _waiting_workflows(conn, sorted({int(r[1]) for r in rows}))
-    ids = [int(r[0]) for r in rows if int(r[1]) not in waiting]
-    if not ids:
-        return []
+    held = select(TASK.c.id).where(candidates, TASK.c.status == HELD).order_by(TASK.c.id)
+    if lock and dialect(conn) == "postgresql":
+        held = held.with_for_update()
+    ids = [int(r[0]) for r in (await conn.execute(held)).all()]
+    return await _release_ids(conn, ids, batch_size)
+
+
+def _downstream_held(d: str) -> Any:
+    """The HELD tasks with an edge from tasks :done or in workflows :workflows, in id order
+    (locked on PostgreSQL)."""
+    edged = select(TASK_EDGE.c.downstream_id).where(
+        ids_placeholder(TASK_EDGE.c.upstream_id, d, name="done")
+    )
     stmt = (
+        select(TASK.c.id)
+        .where(
+            TASK.c.status == HELD,
+            or_(TASK.c.id.in_(edged), ids_placeholder(TASK.c.workflow_id, d, name="workflows")),
+        )
+        .order_by(TASK.c.id)
+    )
+    return stmt.with_for_update() if d == "postgresql" else stmt
+
+
+async def release_downstream(
+    conn: Conn, done_ids: Sequence[int], workflow_ids: Sequence[int], batch_size: int
+) -> list[Released]:
+    """`release` of the HELD tasks downstream of tasks `done_ids` (just DONE) and of the tasks
+    of workflows `workflow_ids` (whose upstream workflows have just finished): the statements
+    of the path every finished batch with downstream tasks takes, prepared."""
+    d = dialect(conn)
+    params = {"done": ids_value(done_ids, d), "workflows": ids_value(workflow_ids, d)}
+    found = await conn.run(prepare(d, "downstream_held", lambda: _downstream_held(d)), params)
+    return await _release_ids(conn, [int(r[0]) for r in found.rows], batch_size)
+
+
+def _queue_ready(d: str) -> Any:
+    return (
         update(TASK)
-        .where(id_in(TASK.c.id, ids, dialect(conn)), TASK.c.status == HELD, ~_upstream_pending())
+        .where(
+            ids_placeholder(TASK.c.id, d),
+            TASK.c.status == HELD,
+            ~_upstream_pending(),
+            ~_upstream_workflow_pending(),
+        )
         .values(status="Q", status_date=db_now(), num_attempts=TASK.c.num_attempts + 1)
         .returning(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id)
-        .execution_options(synchronize_session=False)
     )
-    ready = (await conn.execute(stmt)).all()
+
+
+async def _release_ids(conn: Conn, ids: list[int], batch_size: int) -> list[Released]:
+    """Those of HELD tasks `ids` (locked, on PostgreSQL) whose upstream tasks and workflows are
+    all DONE → QUEUED, with their first instances. The check is a statement after the lock:
+    on PostgreSQL it sees what committed while the lock waited."""
+    if not ids:
+        return []
+    d = dialect(conn)
+    prepared = prepare(d, "queue_ready", lambda: _queue_ready(d))
+    ready = await conn.run(prepared, {"ids": ids_value(ids, d)})
     by_array: dict[int, list[int]] = defaultdict(list)
     workflow_of: dict[int, int] = {}
-    for task_id, workflow_id, array_id in ready:
+    for task_id, workflow_id, array_id in ready.rows:
         by_array[int(array_id)].append(int(task_id))
         workflow_of[int(task_id)] = int(workflow_id)
     out: list[Released] = []
@@ -225,12 +261,7 @@ async def release(
     return out
 
 
-async def _first_instances(
-    conn: Conn, array_id: int, task_ids: list[int], batch_size: int
-) -> list[tuple[int, int]]:
-    """A QUEUED instance for each of `task_ids` (tasks of one array), in new batches of the
-    array: one statement; (task id, instance id) pairs."""
-    first = await next_batches(conn, array_id, (len(task_ids) + batch_size - 1) // batch_size)
+def _first_instances_stmt(d: str) -> Any:
     rank = func.row_number().over(order_by=TASK.c.id) - 1
     ranked = (
         select(
@@ -242,25 +273,40 @@ async def _first_instances(
             WORKFLOW.c.pull_timeout.is_not(None).label("pull"),
         )
         .join_from(TASK, WORKFLOW, WORKFLOW.c.id == TASK.c.workflow_id)
-        .where(id_in(TASK.c.id, task_ids, dialect(conn)))
+        .where(ids_placeholder(TASK.c.id, d))
         .subquery()
     )
+    size = bindparam("batch_size", type_=BigInteger())
     sel = select(
         ranked.c.id,
         ranked.c.workflow_id,
-        literal(array_id),
-        literal(first) + ranked.c.rank // batch_size,
-        ranked.c.rank % batch_size,
-        literal("Q"),
+        bindparam("array_id", type_=BigInteger()),
+        bindparam("first", type_=BigInteger()) + ranked.c.rank // size,
+        ranked.c.rank % size,
+        literal_column("'Q'"),
         db_now(),
         ranked.c.resources,
         ranked.c.priority,
         ranked.c.pull,
     )
-    result = await conn.execute(
-        insert(TI).from_select(INSTANCE_COLUMNS, sel).returning(TI.c.task_id, TI.c.id)
-    )
-    return [(int(t), int(i)) for t, i in result.all()]
+    return insert(TI).from_select(INSTANCE_COLUMNS, sel).returning(TI.c.task_id, TI.c.id)
+
+
+async def _first_instances(
+    conn: Conn, array_id: int, task_ids: list[int], batch_size: int
+) -> list[tuple[int, int]]:
+    """A QUEUED instance for each of `task_ids` (tasks of one array), in new batches of the
+    array: one statement; (task id, instance id) pairs."""
+    first = await next_batches(conn, array_id, (len(task_ids) + batch_size - 1) // batch_size)
+    d = dialect(conn)
+    params = {
+        "ids": ids_value(task_ids, d),
+        "array_id": array_id,
+        "first": first,
+        "batch_size": batch_size,
+    }
+    result = await conn.run(prepare(d, "first_instances", lambda: _first_instances_stmt(d)), params)
+    return [(int(t), int(i)) for t, i in result.rows]
 
 
 def release_events(released: Sequence[Released]) -> list[EventRow]:
@@ -281,29 +327,34 @@ def _probe(d: str) -> Any:
     by_workflow = exists().where(
         ids_placeholder(WORKFLOW_EDGE.c.upstream_workflow_id, d, name="workflows")
     )
-    return select(literal(1)).where(or_(by_task, by_workflow))
+    return select(by_task, by_workflow)
 
 
-async def has_downstream(conn: Conn, task_ids: Sequence[int], workflow_ids: Sequence[int]) -> bool:
+@dataclass(frozen=True)
+class Downstream:
+    """Whether edges leave some tasks: task edges, workflow edges."""
+
+    tasks: bool
+    workflows: bool
+
+    def __bool__(self) -> bool:
+        return self.tasks or self.workflows
+
+
+async def has_downstream(
+    conn: Conn, task_ids: Sequence[int], workflow_ids: Sequence[int]
+) -> Downstream:
     """Whether any edge leaves these tasks or workflows: one prepared, indexed probe (the
     usual answer, no, costs one round trip)."""
     d = dialect(conn)
     params = {"tasks": ids_value(task_ids, d), "workflows": ids_value(sorted(set(workflow_ids)), d)}
-    return bool((await conn.run(prepare(d, "edge_probe", lambda: _probe(d)), params)).rows)
+    row = (await conn.run(prepare(d, "edge_probe", lambda: _probe(d)), params)).first()
+    return Downstream(bool(row and row[0]), bool(row and row[1]))
 
 
-async def downstream_candidates(
-    conn: Conn, done_ids: Sequence[int], workflow_ids: Sequence[int]
-) -> ColumnElement[bool] | None:
-    """Which HELD tasks the DONE of `done_ids` (tasks of `workflow_ids`) may release: those
-    with an edge from them, and every task of a workflow whose upstream workflow has just
-    finished. None: none."""
-    d = dialect(conn)
-    parts: list[ColumnElement[bool]] = [
-        TASK.c.id.in_(
-            select(TASK_EDGE.c.downstream_id).where(id_in(TASK_EDGE.c.upstream_id, done_ids, d))
-        )
-    ]
+async def finished_downstream_workflows(conn: Conn, workflow_ids: Sequence[int]) -> list[int]:
+    """The workflows downstream of `workflow_ids` whose upstream workflows all just finished
+    (every task DONE): their tasks may be released."""
     edges = (
         await conn.execute(
             select(
@@ -311,24 +362,22 @@ async def downstream_candidates(
             ).where(WORKFLOW_EDGE.c.upstream_workflow_id.in_([int(w) for w in workflow_ids]))
         )
     ).all()
-    if edges:
-        unfinished = {
-            int(r[0])
-            for r in (
-                await conn.execute(
-                    select(TASK.c.workflow_id)
-                    .where(
-                        TASK.c.workflow_id.in_(sorted({int(u) for _, u in edges})),
-                        TASK.c.status.in_(NOT_DONE),
-                    )
-                    .distinct()
+    if not edges:
+        return []
+    unfinished = {
+        int(r[0])
+        for r in (
+            await conn.execute(
+                select(TASK.c.workflow_id)
+                .where(
+                    TASK.c.workflow_id.in_(sorted({int(u) for _, u in edges})),
+                    TASK.c.status.in_(NOT_DONE),
                 )
-            ).all()
-        }
-        finished_down = sorted({int(dn) for dn, up in edges if int(up) not in unfinished})
-        if finished_down:
-            parts.append(TASK.c.workflow_id.in_(finished_down))
-    return or_(*parts)
+                .distinct()
+            )
+        ).all()
+    }
+    return sorted({int(dn) for dn, up in edges if int(up) not in unfinished})
 
 
 # ---- failures: block, and re-open on resume -----------------------------------------------------
