@@ -143,23 +143,23 @@ def _not_done(column: Any) -> ColumnElement[bool]:
     return cast(ColumnElement[bool], column.in_([literal_column(f"'{v}'") for v in NOT_DONE]))
 
 
-def _upstream_pending(task: Any = TASK) -> ColumnElement[bool]:
-    """Some upstream task of `task` is not DONE."""
-    up = TASK.alias("up")
-    return exists().where(
-        TASK_EDGE.c.downstream_id == task.c.id,
-        up.c.id == TASK_EDGE.c.upstream_id,
-        _not_done(up.c.status),
+def _upstream_pending() -> ColumnElement[bool]:
+    """Some upstream task of TASK is not DONE, or some task of an upstream workflow of its
+    workflow: through a task edge, or a workflow edge."""
+    up, up_wf = TASK.alias("up"), TASK.alias("up_wf")
+    edge = (TASK_EDGE.c.downstream_id, TASK_EDGE.c.upstream_id, TASK.c.id, up.c.id, up)
+    wf_edge = (
+        WORKFLOW_EDGE.c.downstream_workflow_id,
+        WORKFLOW_EDGE.c.upstream_workflow_id,
+        TASK.c.workflow_id,
+        up_wf.c.workflow_id,
+        up_wf,
     )
-
-
-def _upstream_workflow_pending(task: Any = TASK) -> ColumnElement[bool]:
-    """Some task of an upstream workflow of `task`'s workflow is not DONE."""
-    up = TASK.alias("up_wf")
-    return exists().where(
-        WORKFLOW_EDGE.c.downstream_workflow_id == task.c.workflow_id,
-        up.c.workflow_id == WORKFLOW_EDGE.c.upstream_workflow_id,
-        _not_done(up.c.status),
+    return or_(
+        *(
+            exists().where(down == mine, theirs == upstream, _not_done(other.c.status))
+            for down, upstream, mine, theirs, other in (edge, wf_edge)
+        )
     )
 
 
@@ -233,7 +233,6 @@ def _queue_ready(d: str) -> Any:
             ids_placeholder(TASK.c.id, d),
             TASK.c.status == HELD,
             ~_upstream_pending(),
-            ~_upstream_workflow_pending(),
         )
         .values(status="Q", status_date=db_now(), num_attempts=TASK.c.num_attempts + 1)
         .returning(TASK.c.id, TASK.c.workflow_id, TASK.c.array_id)
