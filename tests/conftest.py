@@ -36,6 +36,7 @@ TABLES = [
     "api_token",
     "app_user",
     "event",
+    "farm_state",
     "task_instance_error_log",
     "task_instance_deadline",
     "task_instance",

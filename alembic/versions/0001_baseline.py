@@ -79,9 +79,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("created_date", farmstead.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("retry_delay", sa.Float(), server_default=sa.text("0"), nullable=False),
-        sa.Column(
-            "cancelled_date", farmstead.db.types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("cancelled_date", farmstead.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workflow")),
     )
     op.create_table(

@@ -490,6 +490,38 @@ class EventsOut(BaseModel):
     data: list[EventOut]
 
 
+class StreamEventOut(BaseModel):
+    """One event of the stream: Celery's fields beside farmstead's."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    type: str = Field(description="Celery's event type (task-sent, …) or farmstead's own")
+    timestamp: float = Field(description="seconds since the epoch (Celery's)")
+    utcoffset: int = 0
+    clock: int
+    time: datetime
+    workflow_id: int
+    entity: str
+    entity_id: int
+    from_status: str | None
+    to_status: str
+    status_name: str
+    details: dict[str, Any] | None
+    task_id: int | None = None
+    task_instance_id: int | None = None
+    active: bool | None = Field(None, description="HySDS: sent, received or started")
+    uuid: str | None = Field(None, description="the task's Celery uuid (the same for every try)")
+    name: str | None = Field(None, description="the task's name")
+    hostname: str | None = None
+    retries: int | None = Field(None, description="tries of the task before this one")
+
+
+class EventPageOut(BaseModel):
+    data: list[StreamEventOut]
+    next_after: int = Field(description="ask again with after=this to go on")
+
+
 class ActionOut(BaseModel):
     """What an operator action changed."""
 

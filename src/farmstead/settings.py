@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     no_heartbeat_min_age: float = Field(60.0, ge=0)
     #: seconds a KILL_SELF instance has to report before it is declared ERROR_FATAL
     kill_self_timeout: float = Field(120.0, gt=0)
+    #: seconds between reads of new events while someone follows the stream (one reader per
+    #: server process, however many subscribers)
+    event_poll_interval: float = Field(0.25, gt=0, le=10)
+    #: seconds events are kept (the reconciler removes older ones in chunks); 0: for ever
+    event_retention: float = Field(30 * 86400.0, ge=0)
+    #: seconds without a heartbeat or a claim after which an agent is declared offline
+    agent_offline_after: float = Field(120.0, gt=0)
     local_workers: int = Field(0, ge=0, le=1024)
     #: how the local executor runs instances: in this process, or one worker process each
     local_mode: Literal["coroutine", "subprocess"] = "coroutine"

@@ -35,7 +35,7 @@ from helpers import assert_consistent
 SHORT = 0.05  # a heartbeat increment that has expired by the time we sweep
 PAST = 0.25  # sleep this long to be past SHORT and a 0.2 s grace or timeout
 #: the events of an instance from submission to expiry (submission itself writes none)
-FULL_LIFE = [("Q", "I"), ("I", "O"), ("O", "R"), ("R", "T"), ("T", "U")]
+FULL_LIFE = [(None, "Q"), ("Q", "I"), ("I", "O"), ("O", "R"), ("R", "T"), ("T", "U")]
 
 
 def reconciler(db: Database, db_url: str, **overrides: Any) -> Reconciler:

@@ -510,7 +510,9 @@ async def test_every_applied_transition_has_its_events(
     await done(client, ti3)
     await done(client, ti3)  # repeated: no event
     evs = await events(client, wf["id"])
-    assert moves(evs, "task_instance", ti1) == [("Q", "I"), ("I", "O"), ("O", "R"), ("R", "Z")]
+    assert moves(evs, "task_instance", ti1) == [
+        (None, "Q"), ("Q", "I"), ("I", "O"), ("O", "R"), ("R", "Z")  # queued at submission
+    ]
     assert moves(evs, "task_instance", ti2) == [(None, "Q"), ("Q", "R"), ("R", "E")]
     assert moves(evs, "task_instance", ti3) == [(None, "Q"), ("Q", "R"), ("T", "R"),
                                                 ("R", "D")]

@@ -17,6 +17,7 @@ from farmstead.api import errors, local_executor
 from farmstead.api.auth import AuthGuard, permission
 from farmstead.api.middleware import RequestGuard
 from farmstead.api.routes_auth import router as auth_router
+from farmstead.api.routes_events import router as events_router
 from farmstead.api.routes_fsm import router as fsm_router
 from farmstead.api.routes_instances import router as instances_router
 from farmstead.api.routes_meta import router as meta_router
@@ -26,6 +27,7 @@ from farmstead.api.taskfarm import router as taskfarm_router
 from farmstead.db.engine import make_database
 from farmstead.fsm.roles import ALLOWED, Permission
 from farmstead.services.auth import Authenticator
+from farmstead.services.events import EventFeed
 from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
 from farmstead.settings import Settings
 
@@ -48,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = make_database(settings.database_url, settings.lock_timeout, settings.pool_size)
         app.state.db = db
         app.state.auth = Authenticator(db, settings.token_cache_seconds)
+        app.state.events = EventFeed(db, settings.event_poll_interval)
         try:
             await check_schema(db)
         except SchemaNotReady as exc:
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if executor and executor_task:  # first: it reports through this app and database
                 await local_executor.stop(background, executor_task, executor)
             await background.stop()
+            await app.state.events.stop()
             await db.dispose()
 
     app = FastAPIOffline(
@@ -109,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(instances_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(queues_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(auth_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
+    app.include_router(events_router, prefix="/v3", generate_unique_id_function=_unique_id("v3"))
     app.include_router(
         taskfarm_router, prefix="/api", generate_unique_id_function=_unique_id("taskfarm")
     )

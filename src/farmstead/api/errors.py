@@ -24,6 +24,7 @@ from farmstead.services.errors import (
     Conflict,
     FarmsteadError,
     Forbidden,
+    Gone,
     InvalidTransition,
     Malformed,
     NotFound,
@@ -41,6 +42,7 @@ STATUS: dict[type[FarmsteadError], int] = {
     Malformed: 400,
     Unauthorized: 401,
     Forbidden: 403,
+    Gone: 410,
     Unavailable: 503,
 }
 RETRY_AFTER_SECONDS = "2"

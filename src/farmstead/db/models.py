@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -98,6 +99,8 @@ class Agent(Base):
     last_seen_date: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     #: when it last got work from a claim
     last_claim_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: when the reconciler declared it offline (silent too long); a heartbeat clears it
+    offline_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ArrayCount(Base):
@@ -329,6 +332,14 @@ class Event(Base):
     to_status: Mapped[str] = mapped_column(String(1))
     time: Mapped[datetime] = mapped_column(UTCDateTime)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class FarmState(Base):
+    """Named numbers the server keeps: `events_pruned_through`, the Celery relay's position."""
+
+    __tablename__ = "farm_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class Cluster(Base):

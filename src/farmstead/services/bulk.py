@@ -114,7 +114,7 @@ async def apply_bulk(
         if move.ti_to.value in ERROR_LOGGED:
             await store.add_error_logs(conn, {i: t for i, t in why.items() if t})
         if move.task_path:
-            await _move_tasks(conn, move, members, why, events)
+            await _move_tasks(conn, move, members, why, events, info)
             if move.task_to in (TaskStatus.DONE, TaskStatus.ERROR_FATAL):
                 finished[move.task_to] += [(c.task_id, c.workflow_id) for c in members]
         if move.retry:
@@ -148,6 +148,7 @@ async def _move_tasks(
     members: Sequence[Candidate],
     why: dict[int, str | None],
     events: list[EventRow],
+    note: dict[str, Any],
 ) -> None:
     values: dict[str, Any] = {}
     if TaskStatus.RUNNING in move.task_path:  # a new start: it has not finished (PyFarm)
@@ -168,9 +169,14 @@ async def _move_tasks(
         conn, [c.task_id for c in members], move.task_to.value, values, bump_attempts=move.retry
     )
     for c in members:
+        # the instance move behind it: which instance, from where, and its error (a stream
+        # tells a failure from a revoke by it, and names the exception)
+        cause = {**note, "task_instance_id": c.ti_id, "via": move.ti_from.value}
+        if text := why.get(c.ti_id):
+            cause["error"] = text[:2000]
         prev = move.task_from
         for step in move.task_path:
-            events.append(EventRow(c.workflow_id, "task", c.task_id, prev.value, step.value))
+            events.append(EventRow(c.workflow_id, "task", c.task_id, prev.value, step.value, cause))
             prev = step
 
 

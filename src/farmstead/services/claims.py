@@ -62,7 +62,7 @@ def claim_moves() -> ClaimMoves:
 #: another agent seen within this many seconds could take a retry its try failed on here
 OTHER_AGENTS_WITHIN = 60.0
 #: an agent's last-seen time is written at most this often (claims count as heartbeats)
-SEEN_EVERY = 5.0
+SEEN_EVERY = queues.SEEN_EVERY
 
 
 async def claim(
@@ -254,7 +254,7 @@ async def _seen(db: Database, agent: int, claimed: bool) -> None:
     if now - db.memo.get(key, -SEEN_EVERY) < SEEN_EVERY:
         return
     db.memo[key] = now
-    await in_transaction(db, lambda c: store_scheduling.seen(c, agent, claimed))
+    await in_transaction(db, lambda c: queues.agent_seen(c, agent, claimed))
 
 
 async def claim_in(

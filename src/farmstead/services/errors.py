@@ -31,6 +31,10 @@ class Malformed(FarmsteadError):
     unknown or bad key)."""
 
 
+class Gone(FarmsteadError):
+    """What was asked for existed once but was removed (events past their retention)."""
+
+
 class Unavailable(FarmsteadError):
     """The database is down or a lock could not be had in time: retry later."""
 

@@ -5,13 +5,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from farmstead import __version__
 from farmstead.db.engine import Conn, Database
+from farmstead.fsm.celery import AGENT_HEARTBEAT, AGENT_OFFLINE, AGENT_ONLINE
 from farmstead.fsm.shares import Node
 from farmstead.services.auth import Principal
 from farmstead.services.errors import BadRequest, Conflict, NotFound
 from farmstead.services.uow import in_transaction
 from farmstead.store import scheduling as store
+from farmstead.store.rows import EventRow
 from farmstead.store.scheduling import ArrayLoad
+from farmstead.store.sql import insert_events
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KNOBS = ("priority", "weight", "minimum_agents", "maximum_agents")
@@ -261,10 +265,30 @@ async def set_workflow(
 # --- agents ----------------------------------------------------------------------------------
 
 
+#: how often a busy agent's heartbeat is written (its claims count as heartbeats)
+SEEN_EVERY = 5.0
+
+
+def agent_event(agent: dict[str, Any], letter: str, **extra: Any) -> EventRow:
+    """An agent's worker-* event row (workflow 0: not any workflow's), with Celery's fields."""
+    details = {
+        "hostname": agent.get("hostname"),
+        "name": agent.get("name"),
+        "kind": agent.get("kind"),
+        "pid": agent.get("pid"),
+        "slots": agent.get("slots"),
+        "freq": SEEN_EVERY,
+        "sw_ident": "farmstead",
+        "sw_ver": __version__,
+        **extra,
+    }
+    return EventRow(0, "agent", int(agent["id"]), None, letter, details)
+
+
 async def register_agent(
     db: Database, name: str, hostname: str, kind: str, pid: int | None, slots: int, who: Principal
 ) -> dict[str, Any]:
-    """A new agent (a claimer); its id goes with its claims."""
+    """A new agent (a claimer); its id goes with its claims. Its worker-online event."""
 
     async def work(conn: Conn) -> dict[str, Any]:
         agent_id = await store.insert_agent(
@@ -278,17 +302,46 @@ async def register_agent(
                 "identity": who.identity,
             },
         )
-        return await store.agent(conn, agent_id) or {}
+        agent = await store.agent(conn, agent_id) or {}
+        await insert_events(conn, [agent_event(agent, AGENT_ONLINE)])
+        return agent
 
     return await in_transaction(db, work)
 
 
+async def agent_seen(conn: Conn, agent_id: int, claimed: bool = False) -> bool:
+    """An agent's heartbeat: its worker-heartbeat event, or worker-online if it had been
+    declared offline. False if there is no such agent."""
+    agent = await store.seen(conn, agent_id, claimed)
+    if agent is None:
+        return False
+    letter = AGENT_ONLINE if await store.back_online(conn, agent_id) else AGENT_HEARTBEAT
+    await insert_events(conn, [agent_event(agent, letter)])
+    return True
+
+
 async def agent_heartbeat(db: Database, agent_id: int) -> None:
     async def work(conn: Conn) -> None:
-        if not await store.seen(conn, agent_id):
+        if not await agent_seen(conn, agent_id):
             raise NotFound(f"no agent {agent_id}")
 
     await in_transaction(db, work)
+
+
+async def mark_agents_offline(db: Database, silent_for: float, chunk: int) -> int:
+    """Declare agents silent for `silent_for` seconds offline (worker-offline); how many."""
+
+    async def work(conn: Conn) -> int:
+        gone = await store.mark_offline(conn, silent_for, chunk)
+        await insert_events(conn, [agent_event(a, AGENT_OFFLINE) for a in gone])
+        return len(gone)
+
+    total = 0
+    while n := await in_transaction(db, work):
+        total += n
+        if n < chunk:
+            break
+    return total
 
 
 async def list_agents(db: Database, seen_within: float | None) -> list[dict[str, Any]]:

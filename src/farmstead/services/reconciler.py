@@ -14,6 +14,7 @@ from typing import Any
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TIStatus
+from farmstead.services import events, queues
 from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
@@ -92,6 +93,7 @@ class Reconciler:
                 result = await self.sweep()
                 if result.total:
                     log.info("reconciler moved %s", result.moved)
+                await self.housekeeping()
             except Exception:
                 log.exception("reconciler sweep failed; retrying next interval")
             with contextlib.suppress(TimeoutError):
@@ -111,6 +113,19 @@ class Reconciler:
                     # processes (polling in SQLite's busy handler) starve for the whole sweep.
                     await asyncio.sleep(SQLITE_CHUNK_GAP)
         return total
+
+    async def housekeeping(self) -> tuple[int, int]:
+        """Agents silent too long declared offline; events past their retention removed (in
+        chunks). (agents, events)."""
+        settings = self.settings
+        chunk = settings.reconciler_chunk
+        offline = await queues.mark_agents_offline(self.db, settings.agent_offline_after, chunk)
+        pruned = 0
+        if settings.event_retention > 0:
+            pruned = await events.prune(self.db, settings.event_retention, chunk)
+        if offline or pruned:
+            log.info("reconciler: %s agent(s) offline, %s old event(s) removed", offline, pruned)
+        return offline, pruned
 
     async def _chunk(self, rule: Rule) -> BulkResult:
         settings = self.settings

@@ -121,6 +121,7 @@ async def submit(
             "R",
             {"submitted_tasks": created, "array_id": array_id, "by": actor.name},
         )
+        await store.insert_sent_events(conn, wf_id)  # each QUEUED instance: task-sent
         row = await store.workflow_row(conn, wf_id)  # array_ids included, as every read has
         assert row is not None
         # every task it just made is QUEUED or HELD: no need to count them back

@@ -165,7 +165,12 @@ async def agents(conn: Conn, seen_within: float | None) -> list[dict[str, Any]]:
 
 def _seen() -> Any:
     agent_id = bindparam("agent_id", type_=BigInteger())
-    return update(AGENT).where(AGENT.c.id == agent_id).values(last_seen_date=db_now())
+    return (
+        update(AGENT)
+        .where(AGENT.c.id == agent_id)
+        .values(last_seen_date=db_now())
+        .returning(*(AGENT.c[c] for c in SEEN_COLUMNS))
+    )
 
 
 def _claimed() -> Any:
@@ -174,13 +179,19 @@ def _claimed() -> Any:
         update(AGENT)
         .where(AGENT.c.id == agent_id)
         .values(last_seen_date=db_now(), last_claim_date=db_now())
+        .returning(*(AGENT.c[c] for c in SEEN_COLUMNS))
     )
 
 
-async def seen(conn: Conn, agent_id: int, claimed: bool = False) -> int:
-    """An agent's heartbeat (and, `claimed`, its last claim that got work); rows updated."""
+SEEN_COLUMNS = ("id", "name", "hostname", "kind", "pid", "slots")
+
+
+async def seen(conn: Conn, agent_id: int, claimed: bool = False) -> dict[str, Any] | None:
+    """An agent's heartbeat (and, `claimed`, its last claim that got work): the agent (its id,
+    name, host, kind, pid, slots), or None if there is no such agent."""
     stmt = prepare(dialect(conn), ("agent_seen", claimed), _claimed if claimed else _seen)
-    return (await conn.run(stmt, {"agent_id": agent_id})).rowcount
+    row = (await conn.run(stmt, {"agent_id": agent_id})).first()
+    return None if row is None else dict(zip(SEEN_COLUMNS, row, strict=True))
 
 
 def _others() -> Any:
@@ -250,3 +261,48 @@ async def workflow_actions(conn: Conn, workflow_id: int, most: int = 50) -> list
         .limit(most)
     )
     return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+# ---- agents online and offline (their worker-* events) ----------------------------------------
+
+
+def _back_online() -> Any:
+    agent_id = bindparam("agent_id", type_=BigInteger())
+    return (
+        update(AGENT)
+        .where(AGENT.c.id == agent_id, AGENT.c.offline_date.is_not(None))
+        .values(offline_date=None)
+        .returning(AGENT.c.id)
+    )
+
+
+async def back_online(conn: Conn, agent_id: int) -> bool:
+    """Clear an agent's offline mark; whether it had one (it is online again)."""
+    stmt = prepare(dialect(conn), "agent_back_online", _back_online)
+    return bool((await conn.run(stmt, {"agent_id": agent_id})).rows)
+
+
+async def mark_offline(conn: Conn, silent_for: float, limit: int) -> list[dict[str, Any]]:
+    """Agents silent for `silent_for` seconds and not yet marked: marked offline now."""
+    silent = (
+        select(AGENT.c.id)
+        .where(
+            AGENT.c.offline_date.is_(None),
+            AGENT.c.last_seen_date < seconds_from_now(-silent_for),
+        )
+        .order_by(AGENT.c.id)
+        .limit(limit)
+    )
+    if dialect(conn) == "postgresql":
+        silent = silent.with_for_update(skip_locked=True)
+    ids = [int(r[0]) for r in (await conn.execute(silent)).all()]
+    if not ids:
+        return []
+    rows = await conn.execute(
+        update(AGENT)
+        .where(id_in(AGENT.c.id, ids, dialect(conn)), AGENT.c.offline_date.is_(None))
+        .values(offline_date=db_now())
+        .returning(AGENT.c.id, AGENT.c.name, AGENT.c.hostname, AGENT.c.pid, AGENT.c.last_seen_date)
+    )
+    keys = ("id", "name", "hostname", "pid", "last_seen_date")
+    return [dict(zip(keys, r, strict=True)) for r in rows.all()]

@@ -15,6 +15,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     select,
     text,
 )
@@ -342,6 +343,27 @@ async def insert_first_instances(conn: Conn, array_id: int, batch_size: int) -> 
         literal(False),
     )
     result = await conn.execute(insert(TI).from_select(INSTANCE_COLUMNS, sel))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def insert_sent_events(conn: Conn, workflow_id: int) -> int:
+    """A QUEUED event (Celery's task-sent) for every instance of a new workflow: one
+    statement, in instance order."""
+    sel = (
+        select(
+            db_now(),
+            TI.c.workflow_id,
+            literal("task_instance"),
+            TI.c.id,
+            null(),
+            literal("Q"),
+            null(),
+        )
+        .where(TI.c.workflow_id == workflow_id)
+        .order_by(TI.c.id)
+    )
+    columns = ["time", "workflow_id", "entity", "entity_id", "from_status", "to_status", "details"]
+    result = await conn.execute(insert(EVENT).from_select(columns, sel))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,197 @@
+"""The event stream's paged JSON form (GET /v3/events): Celery's words for real moves, the
+fields Celery consumers read, filters, agents' worker events, retention and the too-old answer.
+(The live SSE stream, across server processes: tests/e2e/test_event_stream.py.)"""
+
+from typing import Any
+
+import httpx
+from factories import (
+    done,
+    error,
+    live_ti,
+    ok,
+    running_task,
+    sql_exec,
+    sql_rows,
+    submit,
+    to_running,
+)
+
+from farmstead.db.engine import Database
+from farmstead.services.reconciler import Reconciler
+from farmstead.settings import Settings
+
+
+async def _events(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = params.pop("after", 0)
+    while True:
+        page = await ok(client.get("/v3/events", params={"after": after, "limit": 1000, **params}))
+        found += page["data"]
+        if page["next_after"] == after:
+            return found
+        after = page["next_after"]
+
+
+_CELERY = {
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+}
+
+
+def _celery(events: list[dict[str, Any]], task_id: int) -> list[str]:
+    return [e["type"] for e in events if e.get("task_id") == task_id and e["type"] in _CELERY]
+
+
+async def test_a_task_that_succeeds_fails_and_is_retried_reads_as_celery_events(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    wf, task_id, ti = await running_task(client, max_attempts=2)
+    assert await error(client, ti, description="killed for memory") == "E"
+    retry = await live_ti(client, task_id)
+    await to_running(client, retry, nodename="node7")
+    assert await done(client, retry, wallclock=2.5) == "D"
+
+    events = await _events(client, workflow=wf["id"])
+    assert _celery(events, task_id) == [
+        "task-sent",
+        "task-received",
+        "task-started",
+        "task-retried",
+        "task-sent",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    ]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    by_type = {e["type"]: e for e in events if e.get("task_id") == task_id}
+    retried, succeeded = by_type["task-retried"], by_type["task-succeeded"]
+    assert retried["exception"] == "killed for memory"
+    assert succeeded["runtime"] == 2.5 and succeeded["hostname"] == "node7"
+    assert succeeded["retries"] == 1 and not succeeded["active"]
+    assert by_type["task-started"]["active"] is True
+    assert succeeded["uuid"] == retried["uuid"] and succeeded["name"] == "t0"
+    assert isinstance(succeeded["timestamp"], float) and succeeded["clock"] == succeeded["id"]
+    # the same rows as the workflow's own event list, in the same order
+    own = (await ok(client.get(f"/v3/workflows/{wf['id']}/events")))["data"]
+    assert [e["id"] for e in own] == ids
+
+
+async def test_failed_and_revoked(client: httpx.AsyncClient, db: Database) -> None:
+    _, task_id, ti = await running_task(client, max_attempts=1)
+    assert await error(client, ti, description="segfault") == "E"  # no try left: task F
+    other = await submit(client, 2, name="cancelled")
+    running_id = other["task_ids"][0]
+    await to_running(client, await live_ti(client, running_id))
+    await ok(client.post(f"/v3/workflows/{other['id']}/cancel"))
+    stopping = await live_ti(client, running_id)  # KILL_SELF: the worker stops it
+    await error(client, stopping, description="stopped: cancelled")
+
+    failed = [e for e in await _events(client, type="task-failed")]
+    assert [e["task_id"] for e in failed] == [task_id] and failed[0]["exception"] == "segfault"
+    revoked = await _events(client, type="task-revoked", workflow=other["id"])
+    by_task = {e["task_id"]: e for e in revoked}
+    assert set(by_task) == set(other["task_ids"])
+    assert by_task[running_id]["terminated"] is True and by_task[running_id]["signum"] == 15
+    queued = by_task[other["task_ids"][1]]
+    assert queued["terminated"] is False and queued["signum"] is None
+
+
+async def test_filters_workflow_task_and_types(client: httpx.AsyncClient) -> None:
+    a = await submit(client, 3, name="a")
+    b = await submit(client, 2, name="b")
+    only_b = await _events(client, workflow=b["id"])
+    assert only_b and {e["workflow_id"] for e in only_b} == {b["id"]}
+    t = a["task_ids"][1]
+    one = await _events(client, task=t)
+    assert [e["type"] for e in one] == ["task-sent"] and one[0]["task_id"] == t
+    both = await _events(client, type=["task-sent,workflow-submitted"])
+    assert len([e for e in both if e["type"] == "task-sent"]) == 5
+    assert len([e for e in both if e["type"] == "workflow-submitted"]) == 2
+    page = await ok(client.get("/v3/events", params={"limit": 2}))
+    assert len(page["data"]) == 2 and page["next_after"] == page["data"][-1]["id"]
+    bad = await client.get("/v3/events", params={"after": -1})
+    assert bad.status_code == 422
+    worse = await client.get("/v3/events", headers={"Last-Event-ID": "x"})
+    assert worse.status_code == 422 and "Last-Event-ID" in worse.text
+
+
+async def test_agents_online_heartbeat_offline_and_back(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    agent = await ok(
+        client.post("/v3/agents", json={"name": "n1", "hostname": "node1", "kind": "worker"}), 201
+    )
+    assert (await client.post(f"/v3/agents/{agent['id']}/heartbeat")).status_code == 204
+    await sql_exec(
+        db,
+        "UPDATE agent SET last_seen_date = last_seen_date - INTERVAL '1 hour' WHERE id = :i"
+        if "postgresql" in settings.database_url
+        else "UPDATE agent SET last_seen_date = datetime(last_seen_date, '-1 hour') WHERE id = :i",
+        i=agent["id"],
+    )
+    assert await Reconciler(db, settings).housekeeping() == (1, 0)
+    assert await Reconciler(db, settings).housekeeping() == (0, 0)  # once
+    assert (await client.post(f"/v3/agents/{agent['id']}/heartbeat")).status_code == 204
+    workers = await _events(client, type="worker-online,worker-heartbeat,worker-offline")
+    assert [e["type"] for e in workers] == [
+        "worker-online",
+        "worker-heartbeat",
+        "worker-offline",
+        "worker-online",
+    ]
+    assert {e["hostname"] for e in workers} == {"node1"} and workers[0]["workflow_id"] == 0
+
+
+async def test_retention_prunes_in_chunks_and_says_when_an_id_is_too_old(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    await submit(client, 30)
+    rows = await sql_rows(db, "SELECT id FROM event ORDER BY id")
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 31  # workflow-submitted and 30 task-sent
+    old = ids[:20]
+    back = (
+        "time - INTERVAL '40 days'"
+        if "postgresql" in settings.database_url
+        else "datetime(time, '-40 days')"
+    )
+    await sql_exec(db, f"UPDATE event SET time = {back} WHERE id <= :last", last=old[-1])
+    tight = settings.model_copy(update={"reconciler_chunk": 7, "event_retention": 30 * 86400})
+    assert await Reconciler(db, tight).housekeeping() == (0, 20)
+    kept = [r["id"] for r in await sql_rows(db, "SELECT id FROM event ORDER BY id")]
+    assert kept == ids[20:]
+
+    gone = await client.get("/v3/events", params={"after": old[5]})
+    assert gone.status_code == 410
+    body = gone.json()
+    assert body["error"] == "Gone" and str(old[-1]) in body["detail"]
+    too_old = await client.get("/v3/events", headers={"Last-Event-ID": str(old[3])})
+    assert too_old.status_code == 410
+    resumed = await _events(client, after=old[-1])
+    assert [e["id"] for e in resumed] == ids[20:]
+    assert [e["id"] for e in await _events(client)] == ids[20:]  # from the oldest kept
+
+
+async def test_the_newest_event_is_never_pruned(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    await submit(client, 2)
+    back = (
+        "time - INTERVAL '40 days'"
+        if "postgresql" in settings.database_url
+        else "datetime(time, '-40 days')"
+    )
+    await sql_exec(db, f"UPDATE event SET time = {back}")
+    assert await Reconciler(db, settings).housekeeping() == (0, 2)
+    left = await sql_rows(db, "SELECT id FROM event")
+    assert len(left) == 1
+    await submit(client, 1)
+    newer = await sql_rows(db, "SELECT id FROM event ORDER BY id")
+    assert newer[0]["id"] == left[0]["id"] and newer[1]["id"] > left[0]["id"]
