@@ -446,3 +446,42 @@ def test_a_graph_from_a_file_runs_in_order_through_the_executor(local: Any, tmp_
     assert "cannot run: upstream task" in text and "ended ERROR_FATAL" in text
     shown = cli(url, "status", str(failing))
     assert shown.returncode == 1 and "1 blocked" in shown.stdout, shown.stdout
+
+
+# ---- events: the history and the live stream -------------------------------------------------
+
+
+def test_events_history_and_follow(local: Any, tmp_path: Path) -> None:
+    url = local.url
+    out = tmp_path / "follow"
+    env = {**os.environ, "FARMSTEAD_SERVER_URL": url, "COLUMNS": "200", "NO_COLOR": "1"}
+    wait_for(lambda: api(url, "/v3/agents")["data"], 30, "the executor's agent")
+    now = api(url, "/v3/events", limit=1000)["next_after"]  # the follower goes on from here
+    with out.open("w") as o:
+        follower = subprocess.Popen(
+            [*CLI, "events", "--follow", "--json", "--type", "task-sent,task-succeeded",
+             "--after", str(now)],
+            env=env, stdout=o, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        wf_id = submit(url, "--array", "0-2", "--max-attempts", "1", "--", "test {i} -ne 1")
+        assert watch(url, wf_id).returncode == 1  # task 1 failed
+        wait_for(lambda: out.read_text().count("task-succeeded") == 2, 30, "the live events")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
+    live = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["type"] for e in live] == ["task-sent"] * 3 + ["task-succeeded"] * 2
+    assert all(e["workflow_id"] == wf_id for e in live)
+
+    failed = read_json(url, "events", "--workflow", str(wf_id), "--type", "task-failed")
+    assert failed["type"] == "task-failed" and failed["exception"]
+    text = ok(url, "events", "--workflow", str(wf_id))
+    lines = text.splitlines()
+    assert lines[0].split()[3] == "workflow-submitted"
+    assert sum("task-succeeded" in line for line in lines) == 2
+    assert any("task-failed" in line and "exit code 1" in line for line in lines), text
+    one = ok(url, "events", "--workflow", str(wf_id), "--limit", "2").splitlines()
+    assert len(one) == 2
+    res = cli(url, "events", "--after", "1", "--type", "nonsense")
+    assert res.returncode == 0 and res.stdout == ""

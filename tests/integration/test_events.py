@@ -195,3 +195,54 @@ async def test_the_newest_event_is_never_pruned(
     await submit(client, 1)
     newer = await sql_rows(db, "SELECT id FROM event ORDER BY id")
     assert newer[0]["id"] == left[0]["id"] and newer[1]["id"] > left[0]["id"]
+
+
+async def test_the_feed_never_passes_an_event_whose_transaction_is_still_open(
+    db: Database, settings: Settings
+) -> None:
+    """A transaction draws an event id, another draws the next and commits first: the feed
+    waits for the first (commit: both in order; rollback: its id is passed over for good)."""
+    from sqlalchemy import insert
+
+    from farmstead.db.types import db_now
+    from farmstead.services.events import EventFeed
+    from farmstead.services.uow import in_transaction
+    from farmstead.store import events as store
+    from farmstead.store.sql import EVENT
+
+    def row(n: int) -> Any:
+        return insert(EVENT).values(
+            time=db_now(), workflow_id=0, entity="test", entity_id=n, to_status="X"
+        )
+
+    feed = EventFeed(db, 0.1)
+    feed.cursor = feed.floor = await in_transaction(db, store.newest_id)
+    pg = "postgresql" in settings.database_url
+    for outcome in ("commit", "rollback"):
+        async with db.engine.connect() as held:
+            await held.execute(row(1))  # drawn first, not committed
+            if pg:  # (SQLite: one writer; the held transaction blocks the next anyway)
+                async with db.engine.begin() as later:
+                    await later.execute(row(2))
+            assert await feed.poll() == 0
+            assert await feed.poll() == 0  # still open: still waiting
+            if outcome == "commit":
+                await held.commit()
+            else:
+                await held.rollback()
+        if not pg and outcome == "rollback":
+            assert await feed.poll() == 0  # nothing was written
+            continue
+        got = []
+        for _ in range(3):  # a rolled-back id is passed once every writer then running ended
+            await feed.poll()
+            got = [e["entity_id"] for e in feed.events if e["entity"] == "test"]
+            if got[-1:] == [2] or (not pg and got):
+                break
+        kinds = [e["entity_id"] for e in feed.events if e["entity"] == "test"]
+        if outcome == "commit":
+            assert kinds[-2:] == [1, 2] if pg else kinds[-1:] == [1]
+        else:
+            assert kinds[-1] == 2 and kinds.count(1) == 1  # the rolled-back 1 never shows
+    ids = [e["id"] for e in feed.events]
+    assert ids == sorted(set(ids))

@@ -8,9 +8,12 @@ Exit codes, the same in every command:
   or not a farmstead server.
 """
 
+import json
 import math
 import os
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
@@ -104,6 +107,10 @@ def _not_farmstead(url: str, resp: httpx.Response) -> NoReturn:
     )
 
 
+class StreamLost(Exception):
+    """The event stream was refused, or lost for longer than the patience."""
+
+
 @dataclass
 class Server:
     """A farmstead server as the CLI sees it: `get`/`post` return the JSON answer or exit."""
@@ -189,11 +196,79 @@ class Server:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    def stream(
+        self,
+        path: str,
+        last_id: int | None = None,
+        on_open: Any = None,
+        quiet: bool = False,
+        **params: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """The Server-Sent Events of `path` as JSON objects, for ever: a dropped connection is
+        opened again (for `patience` seconds) from the last event seen (`Last-Event-ID`), so
+        nothing is lost or repeated. `on_open()` is called each time the stream is open.
+        A refusal, or a stream lost for good, exits (`quiet`: raises StreamLost instead)."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        lost_since: float | None = None
+        while True:
+            headers = {**self._headers(), "Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = str(last_id)
+            try:
+                with httpx.stream(
+                    "GET",
+                    f"{self.url}{path}",
+                    params=clean,
+                    headers=headers,
+                    timeout=httpx.Timeout(60, connect=10),
+                ) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        if quiet:
+                            raise StreamLost(f"HTTP {resp.status_code}")
+                        self._refused(resp)
+                    lost_since = None
+                    if on_open is not None:
+                        on_open()
+                    for data in _sse_data(resp.iter_lines()):
+                        event = json.loads(data)
+                        last_id = int(event["id"])
+                        yield event
+            except (httpx.TransportError, ValueError) as exc:
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > self.patience:
+                    if quiet:
+                        raise StreamLost(str(exc)) from exc
+                    fail_lines([f"lost the event stream of {self.url}: {exc}"], EXIT_UNKNOWN)
+                time.sleep(1.0)
+
+    def _refused(self, resp: httpx.Response) -> NoReturn:
+        """Exit with the server's reason for not streaming."""
+        try:
+            body = resp.json()
+        except ValueError:
+            _not_farmstead(self.url, resp)
+        lines = problems(body) or [f"HTTP {resp.status_code}"]
+        fail_lines(lines, EXIT_UNKNOWN if resp.status_code in (404, 410) else EXIT_NO)
+
     def expect(self, body: Any, *keys: str) -> dict[str, Any]:
         """`body` if it is an object with `keys`; else exit: the server is not farmstead."""
         if not isinstance(body, dict) or any(k not in body for k in keys):
             fail_lines([f"{self.url} did not answer like a farmstead server"], EXIT_UNKNOWN)
         return body
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data` of each event in Server-Sent Events lines (comments, pings: skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
 
 ServerUrl = Annotated[

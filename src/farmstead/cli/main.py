@@ -2,7 +2,18 @@
 
 import typer
 
-from farmstead.cli import access, db, queues, serve, status, submit, tasks, worker, workflows
+from farmstead.cli import (
+    access,
+    db,
+    events,
+    queues,
+    serve,
+    status,
+    submit,
+    tasks,
+    worker,
+    workflows,
+)
 
 app = typer.Typer(
     name="farmstead",
@@ -14,6 +25,7 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("submit")(submit.submit)
 app.command("status")(status.status)
+app.command("events")(events.events)
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(queues.app, name="queues")

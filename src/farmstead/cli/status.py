@@ -1,5 +1,6 @@
 """`farmstead status`: a workflow's counts and progress, once or live (`--watch`)."""
 
+import threading
 import time
 from typing import Annotated, Any
 
@@ -109,10 +110,51 @@ def status(
     raise typer.Exit(exit_code(wf))
 
 
+class Changes:
+    """Wakes the watch when the workflow's events say something moved (the event stream, read
+    in a thread); where the stream cannot be had, every `interval` seconds instead."""
+
+    def __init__(self, server: Server, workflow: int, interval: float) -> None:
+        self.interval = interval
+        self.changed = threading.Event()
+        self.opened = threading.Event()
+        self.streaming = True
+        quiet = Server(server.url, patience=server.patience, token=server.token)
+        thread = threading.Thread(target=self._read, args=(quiet, workflow), daemon=True)
+        thread.start()
+        self.opened.wait(timeout=5)  # events from here on wake the watch
+
+    def _read(self, server: Server, workflow: int) -> None:
+        try:
+            events = server.stream(
+                "/v3/events", on_open=self.opened.set, quiet=True, workflow=workflow
+            )
+            for _ in events:
+                self.changed.set()
+        except Exception:  # an older server, a proxy that buffers: the watch polls instead
+            pass
+        self.streaming = False  # no stream (an older server, a proxy): poll
+        self.opened.set()
+        self.changed.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Until something moved (True) or `timeout` seconds (False)."""
+        if not self.streaming:
+            time.sleep(min(timeout, self.interval))
+            return True
+        moved = self.changed.wait(timeout)
+        if moved:
+            self.changed.clear()
+            time.sleep(min(0.2, self.interval))  # let a burst of events settle into one read
+        return moved
+
+
 def _follow_live(
     server: Server, wf: dict[str, Any], console: Console, interval: float, idle: IdleWatch
 ) -> dict[str, Any]:
     """A live bar on a terminal until the workflow ends; returns its last state."""
+    changes = Changes(server, wf["id"], interval)
+    wf = fetch(server, wf["id"])  # after the stream opened: no move is missed in between
     with progress(console) as bar:
         task = bar.add_task(f"workflow {wf['id']}", total=wf["total"] or 1, tally="")
         while True:
@@ -121,14 +163,16 @@ def _follow_live(
             idle.see(t)
             if wf["status"] != "R":
                 return wf
-            time.sleep(interval)
-            wf = fetch(server, wf["id"])
+            if changes.wait(interval):
+                wf = fetch(server, wf["id"])
 
 
 def _follow_plain(
     server: Server, wf: dict[str, Any], console: Console, interval: float, idle: IdleWatch
 ) -> dict[str, Any]:
     """One progress line every few seconds (a log, a pipe) until the workflow ends."""
+    changes = Changes(server, wf["id"], interval)
+    wf = fetch(server, wf["id"])
     printed: Tally | None = None
     printed_at = 0.0
     while True:
@@ -143,5 +187,5 @@ def _follow_plain(
         if ended:
             typer.echo(f"workflow {wf['id']}: {wf.get('status_name', wf['status'])}")
             return wf
-        time.sleep(interval)
-        wf = fetch(server, wf["id"])
+        if changes.wait(interval):
+            wf = fetch(server, wf["id"])
