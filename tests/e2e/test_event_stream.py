@@ -119,9 +119,7 @@ def test_reconnecting_subscriber_loses_and_repeats_nothing(
 
     reader = threading.Thread(target=subscribe)
     reader.start()
-    writers = [
-        threading.Thread(target=write, args=(servers[i % 2].url, i)) for i in range(WRITERS)
-    ]
+    writers = [threading.Thread(target=write, args=(servers[i % 2].url, i)) for i in range(WRITERS)]
     for w in writers:
         w.start()
     for w in writers:

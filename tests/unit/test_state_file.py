@@ -24,7 +24,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     state.add(7, os.getpid())
     state.add(8, os.getpid())
     with open(path, "ab") as f:
-        f.write(b'[9, 12')  # a write cut short by a crash
+        f.write(b"[9, 12")  # a write cut short by a crash
     assert sorted(r.task_instance_id for r in StateFile(path).load()) == [7, 8]
 
 

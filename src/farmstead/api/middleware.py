@@ -16,6 +16,7 @@ Every answer has farmstead's one error shape: {"error": ..., "detail": ...}.
 
 import logging
 import re
+import time
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farmstead.api import fastpath
 from farmstead.api.errors import error_body, validation_body
+from farmstead.metrics import REQUESTS
 
 log = logging.getLogger("farmstead.api")
 
@@ -113,15 +115,20 @@ class RequestGuard:
 
     async def _call(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         started = False
+        status = 500
+        begun = time.perf_counter()
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
             await send(message)
 
+        fast = False
         try:
-            if not await fastpath.handle(scope, body, tracking_send):
+            fast = await fastpath.handle(scope, body, tracking_send)
+            if not fast:
                 await self.app(scope, receive, tracking_send)
         except Exception:
             if started:  # too late for an answer: the server drops the connection
@@ -129,6 +136,10 @@ class RequestGuard:
             log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
             error = error_body("InternalError", "internal error; the server log has the details")
             await send_error(send, 500, error, close=True)
+        finally:
+            REQUESTS.labels(_route(scope, fast), scope["method"], f"{status // 100}xx").observe(
+                time.perf_counter() - begun
+            )
 
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -148,6 +159,23 @@ class RequestGuard:
     async def _too_large(self, send: Send) -> None:
         detail = f"the request body is over the server's limit of {self.max_body_bytes} bytes"
         await send_error(send, 413, error_body("PayloadTooLarge", detail))
+
+
+_ID_SEGMENT = re.compile(r"/(?:\d+|[0-9a-fA-F-]{32,36})(?=/|$)")
+
+
+def _route(scope: Scope, fast: bool) -> str:
+    """A request's route template for metrics: its path with each path parameter's value
+    replaced by the parameter's name (the fast path's ids by `{id}`); `unmatched` when no
+    route matched (no label per unknown path)."""
+    if fast:
+        return _ID_SEGMENT.sub("/{id}", scope["path"])
+    if scope.get("route") is None:
+        return "unmatched"
+    params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    if not params:
+        return str(scope["path"])
+    return "/".join(f"{{{params[p]}}}" if p in params else p for p in scope["path"].split("/"))
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool, bool]:

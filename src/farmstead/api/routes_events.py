@@ -8,6 +8,7 @@ from sse_starlette import EventSourceResponse
 
 from farmstead.api.deps import DatabaseDep, PrincipalDep
 from farmstead.fsm.roles import Role
+from farmstead.metrics import EVENTS_STREAMED
 from farmstead.schemas import EventPageOut
 from farmstead.services import events
 from farmstead.services.errors import BadRequest
@@ -93,4 +94,5 @@ async def _sse(feed: events.EventFeed, start: int | None, filters: events.Filter
     async for event in feed.follow(start, filters):
         if event is None:
             continue  # sse-starlette sends its own pings
+        EVENTS_STREAMED.inc()
         yield {"id": str(event["id"]), "event": event["type"], "data": orjson.dumps(event).decode()}

@@ -3,6 +3,8 @@
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 from typing import Annotated
 
 import typer
@@ -11,6 +13,10 @@ from farmstead import credentials
 from farmstead.cli import preflight
 from farmstead.cli.common import err, fail, load_settings
 from farmstead.settings import DEFAULT_DATABASE_URL, Settings
+
+#: prometheus_client's multiprocess directory (farmstead.metrics; not imported here: the CLI
+#: starts fast)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # The server stack (uvicorn, SQLAlchemy, alembic) is imported inside the commands that need it,
 # so `farmstead worker run` on a compute node starts fast.
@@ -115,8 +121,6 @@ def serve(
     ] = None,
 ) -> None:
     """Run the server. A new SQLite file is migrated on first start."""
-    import uvicorn
-
     settings = load_settings(
         host=host,
         port=port,
@@ -135,6 +139,28 @@ def serve(
     _prepare_database(settings, hint)
     # Worker processes build their own app from the environment: pass the settings along.
     os.environ.update(_environment(settings))
+    metrics_dir = _metrics_dir(settings.workers)
+    try:
+        _run(settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir(workers: int) -> str | None:
+    """Several server processes: a fresh directory where each writes its metrics, so a scrape
+    of any of them adds up all (prometheus_client's multiprocess mode; set before they start).
+    An operator's own PROMETHEUS_MULTIPROC_DIR is used as it is."""
+    if workers <= 1 or os.environ.get(MULTIPROC_ENV):
+        return None
+    path = tempfile.mkdtemp(prefix="farmstead-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def _run(settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "farmstead.api.app:app_from_env",
         factory=True,

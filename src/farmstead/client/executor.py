@@ -29,6 +29,7 @@ import httpx
 from farmstead.client.api import Api, ClientError, ServerUnavailable
 from farmstead.client.reaper import KEY_ENV, TI_ENV, StateFile, end_tree, reap
 from farmstead.client.runner import Runner, RunnerConfig
+from farmstead.metrics import SLOTS, SLOTS_BUSY
 
 log = logging.getLogger("farmstead.executor")
 Mode = Literal["coroutine", "subprocess"]
@@ -93,6 +94,7 @@ class LocalExecutor:
         """Keep up to `slots` instances running until `stop` is set; then drain or end them."""
         api = Api(self.server_url, retry_limit=30, client=self.client)
         runner = Runner(api, self.config, watcher=self.state, on_exit=self._command_ended)
+        SLOTS.set(self.slots)
         try:
             await self._until_serving(api, stop)
             await self._register(api)
@@ -134,6 +136,7 @@ class LocalExecutor:
             task = asyncio.create_task(self._one(api, runner, ti_id, int(item["workflow_id"])))
             self.running[ti_id] = task
             task.add_done_callback(self._forget(ti_id))
+        SLOTS_BUSY.set(self._busy())
         return bool(claimed) and self._busy() < self.slots
 
     def _busy(self) -> int:
@@ -145,6 +148,7 @@ class LocalExecutor:
         if ti_id in self.running:
             self.ended.add(ti_id)
             self.slot_freed.set()
+            SLOTS_BUSY.set(self._busy())
 
     async def _register(self, api: Api) -> None:
         """Become an agent (the queue rules count agents); without one it still claims."""

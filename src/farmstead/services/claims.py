@@ -4,11 +4,12 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import Apply, Decision, TaskStatus, TIStatus
 from farmstead.fsm.shares import quotas
+from farmstead.metrics import EVENTS_WRITTEN, TRANSITIONS
 from farmstead.services import queues
 from farmstead.services.bulk import decide_for
 from farmstead.services.errors import NotFound
@@ -31,6 +32,18 @@ def _claimable(move: Decision) -> Apply | None:
     if move.retry or move.ti_to != TIStatus.INSTANTIATED:
         raise RuntimeError(f"a claim cannot apply {move}")
     return move
+
+
+def _count(move: Apply, n: int) -> None:
+    """Count `n` claims' moves and events (Prometheus): the claim writes its events in SQL."""
+    if not n:
+        return
+    TRANSITIONS.labels("task_instance", move.ti_from.value, move.ti_to.value).inc(n)
+    prev = move.task_from
+    for step in move.task_path:
+        TRANSITIONS.labels("task", prev.value, step.value).inc(n)
+        prev = step
+    EVENTS_WRITTEN.inc(n * (1 + len(move.task_path)))
 
 
 @cache
@@ -58,6 +71,9 @@ def claim_moves() -> ClaimMoves:
             prev = step
     return moves
 
+
+#: a claim's move for a task that is QUEUED (what nearly every claim is)
+_USUAL = cast(Apply, decide_for("Q", "Q", TIStatus.INSTANTIATED, 0, 1, False))
 
 #: another agent seen within this many seconds could take a retry its try failed on here
 OTHER_AGENTS_WITHIN = 60.0
@@ -273,6 +289,7 @@ async def claim_in(
         rows = await store.claim_pg(
             conn, claim_moves(), workflow_id, limit, _DETAILS, pull, full, avoid, agent
         )
+        _count(_USUAL, len(rows))  # (a task in another status moves otherwise: rare)
         return [dict(zip(_ANSWER, r, strict=True)) for r in rows]  # by instance id
     groups: dict[Apply, list[Claimable]] = defaultdict(list)
     for c in await store.candidates(conn, workflow_id, limit, pull, full, avoid):
@@ -282,6 +299,7 @@ async def claim_in(
             groups[move].append(c)
     for move, members in groups.items():
         await store.apply_claim(conn, move, members, _DETAILS, agent)
+        _count(move, len(members))
     moved = sorted(c for members in groups.values() for c in members)  # by instance id
     return [
         dict(zip(_ANSWER, (c.ti_id, c.task_id, c.workflow_id, *c[-3:]), strict=True)) for c in moved

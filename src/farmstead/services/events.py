@@ -19,6 +19,7 @@ from typing import Any
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm.celery import active, event_type, status_name, task_uuid
+from farmstead.metrics import SUBSCRIBERS
 from farmstead.services.errors import Gone
 from farmstead.services.uow import in_transaction
 from farmstead.store import events as store
@@ -244,6 +245,7 @@ class EventFeed:
         nothing comes (for a keep-alive)."""
         await self.start()
         self.listeners += 1
+        SUBSCRIBERS.inc()
         try:
             at = self.cursor if after is None else after
             while True:
@@ -276,6 +278,7 @@ class EventFeed:
                     at = event["id"]
         finally:
             self.listeners -= 1
+            SUBSCRIBERS.dec()
 
     async def page(
         self, after: int, limit: int, filters: Filters

@@ -14,6 +14,7 @@ from typing import Any
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm import TIStatus
+from farmstead.metrics import SWEEPS
 from farmstead.services import events, queues
 from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.uow import in_transaction
@@ -90,7 +91,8 @@ class Reconciler:
         """Sweep every interval until `stop` is set; a crash is logged and the loop goes on."""
         while not stop.is_set():
             try:
-                result = await self.sweep()
+                with SWEEPS.time():
+                    result = await self.sweep()
                 if result.total:
                     log.info("reconciler moved %s", result.moved)
                 await self.housekeeping()

@@ -32,6 +32,7 @@ from farmstead.db.models import (
 )
 from farmstead.db.prepared import prepare
 from farmstead.db.types import after_seconds, db_after, db_now, seconds_from_now
+from farmstead.metrics import EVENTS_WRITTEN, TRANSITIONS
 
 TI = cast(Table, TaskInstance.__table__)
 TASK = cast(Table, Task.__table__)
@@ -220,10 +221,20 @@ def _insert_events_pg() -> Any:
     )
 
 
+def count_events(events: Sequence[Any]) -> None:
+    """Count written events and the moves they record (Prometheus; counted as written: a
+    transaction rolled back after it is counted too, rare)."""
+    EVENTS_WRITTEN.inc(len(events))
+    for e in events:
+        if e.entity in ("task", "task_instance"):
+            TRANSITIONS.labels(e.entity, e.from_status or "", e.to_status).inc()
+
+
 async def insert_events(conn: Conn, events: Sequence[Any]) -> None:
     """Write event rows (the outbox of each applied transition): one statement."""
     if not events:
         return
+    count_events(events)
     if dialect(conn) == "postgresql":  # one round trip, whatever the number of events
         prepared = prepare("postgresql", "insert_events", _insert_events_pg)
         await conn.run(

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql
 from farmstead.db.engine import Conn
 from farmstead.db.prepared import prepare
 from farmstead.db.types import JSONType, db_now
+from farmstead.metrics import EVENTS_WRITTEN, TRANSITIONS
 from farmstead.store.scheduling import QUEUE
 from farmstead.store.sql import (
     ARRAY,
@@ -364,7 +365,10 @@ async def insert_sent_events(conn: Conn, workflow_id: int) -> int:
     )
     columns = ["time", "workflow_id", "entity", "entity_id", "from_status", "to_status", "details"]
     result = await conn.execute(insert(EVENT).from_select(columns, sel))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    written = int(result.rowcount)  # type: ignore[attr-defined]
+    EVENTS_WRITTEN.inc(written)
+    TRANSITIONS.labels("task_instance", "", "Q").inc(written)
+    return written
 
 
 async def mark_cancelled(conn: Conn, workflow_id: int) -> None:
@@ -387,6 +391,7 @@ async def record_event(
     conn: Conn, workflow_id: int, to_status: str, details: dict[str, Any]
 ) -> None:
     """A workflow-level event (submission, cancel, resume)."""
+    EVENTS_WRITTEN.inc()
     await conn.execute(
         EVENT.insert().values(
             workflow_id=workflow_id,
