@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     event_poll_interval: float = Field(0.25, gt=0, le=10)
     #: seconds events are kept (the reconciler removes older ones in chunks); 0: for ever
     event_retention: float = Field(30 * 86400.0, ge=0)
+    #: publish every event in Celery's event message format to this broker too (RabbitMQ
+    #: `amqp://…`, Redis `redis://…`), for Celery's own consumers (Flower, HySDS); off if unset
+    celery_broker_url: str | None = None
+    #: the exchange Celery's event consumers read (Celery's `event_exchange`)
+    celery_event_exchange: str = Field("celeryev", min_length=1, max_length=255)
     #: seconds without a heartbeat or a claim after which an agent is declared offline
     agent_offline_after: float = Field(120.0, gt=0)
     local_workers: int = Field(0, ge=0, le=1024)

@@ -27,11 +27,23 @@ from farmstead.api.taskfarm import router as taskfarm_router
 from farmstead.db.engine import make_database
 from farmstead.fsm.roles import ALLOWED, Permission
 from farmstead.services.auth import Authenticator
+from farmstead.services.celery_relay import CeleryRelay
 from farmstead.services.events import EventFeed
 from farmstead.services.lifecycle import Background, SchemaNotReady, check_schema
 from farmstead.settings import Settings
 
 log = logging.getLogger("farmstead")
+
+
+def _relay_lock(settings: Settings) -> str | None:
+    """SQLite: the side file whose lock makes one process the Celery relay (on PostgreSQL the
+    relay's row lock does)."""
+    if not settings.is_sqlite:
+        return None
+    path = settings.database_url.split("///", 1)[-1].partition("?")[0]
+    if not path or path == ":memory:":
+        return None
+    return f"{path}.celery-relay.lock"
 
 
 def _unique_id(prefix: str) -> Any:
@@ -59,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         background = Background(db, settings)
         background.start()
+        if settings.celery_broker_url:
+            relay = CeleryRelay(db, app.state.events, settings)
+            background.add("celery relay", relay.run, _relay_lock(settings))
         executor = local_executor.build(app, settings) if settings.local_workers else None
         executor_task = executor and local_executor.start(background, executor, settings)
         if getattr(app.state, "freeze_after_start", False):

@@ -161,3 +161,37 @@ async def prune(conn: Conn, older_than: float, chunk: int) -> int:
     if not changed.rowcount and await pruned_through(conn) < through:  # type: ignore[attr-defined]
         await conn.execute(FARM_STATE.insert().values(name=PRUNED, value=through))
     return len(ids)
+
+
+RELAYED = "celery_published_through"
+
+
+async def relay_cursor(conn: Conn, lock: bool) -> int | None:
+    """The Celery relay's position (the last event id it published; -1 before its first
+    start); with `lock` (PostgreSQL), None when another process's relay holds it now."""
+    if lock:
+        await conn.execute(
+            text("INSERT INTO farm_state (name, value) VALUES (:name, -1) ON CONFLICT DO NOTHING"),
+            {"name": RELAYED},
+        )
+        row = (
+            await conn.execute(
+                select(FARM_STATE.c.value)
+                .where(FARM_STATE.c.name == RELAYED)
+                .with_for_update(skip_locked=True)
+            )
+        ).first()
+        return None if row is None else int(row[0])
+    found = (
+        await conn.execute(select(FARM_STATE.c.value).where(FARM_STATE.c.name == RELAYED))
+    ).scalar()
+    return -1 if found is None else int(found)
+
+
+async def set_relay_cursor(conn: Conn, value: int) -> None:
+    """Move the Celery relay's position on to `value`."""
+    changed = await conn.execute(
+        update(FARM_STATE).where(FARM_STATE.c.name == RELAYED).values(value=value)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        await conn.execute(FARM_STATE.insert().values(name=RELAYED, value=value))
