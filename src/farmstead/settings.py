@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     #: on shutdown, let running local commands finish instead of stopping them
     drain: bool = False
     log_level: str = "info"
+    #: "text", or "json": one JSON object a line (time, level, logger, request_id, message)
+    log_format: Literal["text", "json"] = "text"
     #: require a token (or user and password) on every route but /health, /ready and the docs
     auth: bool = True
     #: networks whose requests may use the worker-node routes without credentials (Jobmon's

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from farmstead import __version__
+from farmstead import __version__, logs
 from farmstead.api import errors, local_executor
 from farmstead.api.auth import AuthGuard, permission
 from farmstead.api.middleware import RequestGuard
@@ -171,21 +171,10 @@ def _document_permissions(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _log_to_stderr(level: str) -> None:
-    """farmstead's own log lines (reconciler, executor, errors) beside uvicorn's."""
-    logger = logging.getLogger("farmstead")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(level.upper())
-
-
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (`--factory`): settings from FARMSTEAD_* variables."""
     settings = Settings()
-    _log_to_stderr(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     app.state.freeze_after_start = True  # a server process of its own (not a test's app)
     return app

@@ -20,9 +20,11 @@ import binascii
 import ipaddress
 import re
 import secrets
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from farmstead import logs
 from farmstead.api.errors import domain_answer, error_body
 from farmstead.api.middleware import send_error
 from farmstead.bounds import INT64_MAX
@@ -150,7 +152,13 @@ class AuthGuard:
             return
         path: str = scope["path"]
         headers = _wanted(scope["headers"])
-        secured = _secure(send, docs=path.startswith(_DOCS))
+        given = headers.get(b"x-request-id")
+        if given is not None and _REQUEST_ID.fullmatch(given):
+            request_id = given.decode()
+        else:
+            request_id = uuid.uuid4().hex[:16]
+        logs.REQUEST_ID.set(request_id)  # every line logged for this request carries it
+        secured = _secure(send, docs=path.startswith(_DOCS), request_id=request_id)
         try:
             self._transport_checks(scope, path, headers)
             principal = await self._principal(scope, path, headers)
@@ -258,12 +266,18 @@ class _Unsupported(Exception):
     """A body type a cross-site form could send: 415."""
 
 
+_NAMES = (b"host", b"origin", b"authorization", b"content-type", b"x-request-id")
+#: a client's own request id is taken if it is this plain (else a new one is made)
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
 def _wanted(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    return {k: v for k, v in raw if k in (b"host", b"origin", b"authorization", b"content-type")}
+    return {k: v for k, v in raw if k in _NAMES}
 
 
-def _secure(send: Send, docs: bool) -> Send:
+def _secure(send: Send, docs: bool, request_id: str) -> Send:
     extra = _HEADERS if docs else [*_HEADERS, _CSP]
+    extra = [*extra, (b"x-request-id", request_id.encode())]
 
     async def secured(message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -2,7 +2,6 @@
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
@@ -95,4 +94,4 @@ async def _sse(feed: events.EventFeed, start: int | None, filters: events.Filter
         if event is None:
             continue  # sse-starlette sends its own pings
         EVENTS_STREAMED.inc()
-        yield {"id": str(event["id"]), "event": event["type"], "data": orjson.dumps(event).decode()}
+        yield {"id": str(event["id"]), "event": event["type"], "data": feed.encode(event)}

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm.celery import active, event_type, status_name, task_uuid
 from farmstead.metrics import SUBSCRIBERS
@@ -153,6 +155,8 @@ class EventFeed:
         #: the newest settled events (ids above `floor`), oldest first
         self.events: list[dict[str, Any]] = []
         self.ids: list[int] = []
+        #: the kept events as JSON, made once for every subscriber (by id)
+        self._encoded: dict[int, str] = {}
         self.floor = 0
         self.listeners = 0
         self._last_use = time.monotonic()
@@ -215,6 +219,8 @@ class EventFeed:
             if len(self.events) > KEEP:
                 cut = len(self.events) - KEEP // 2
                 self.floor = self.ids[cut - 1]
+                for gone in self.ids[:cut]:
+                    self._encoded.pop(gone, None)
                 del self.events[:cut], self.ids[:cut]
             self.cursor = new[-1]["id"]
             async with self._changed:
@@ -231,6 +237,15 @@ class EventFeed:
         assert after is not None
         self._gap = (missing, after[1])
         return False
+
+    def encode(self, event: dict[str, Any]) -> str:
+        """`event` as JSON; made once for a kept event, whoever asks."""
+        found = self._encoded.get(event["id"])
+        if found is None:
+            found = orjson.dumps(event).decode()
+            if event["id"] > self.floor and event["id"] <= self.cursor:
+                self._encoded[event["id"]] = found
+        return found
 
     def _since(self, after: int) -> list[dict[str, Any]] | None:
         """The kept events after id `after`; None if memory does not reach back that far."""
