@@ -117,6 +117,8 @@ async def farm(db_url: str) -> AsyncIterator[Farm]:
 PINNED = {
     ("GET", "/health"): "public",
     ("GET", "/v3/workflows"): "read",
+    ("GET", "/v3/events"): "read",
+    ("GET", "/metrics"): "read",
     ("GET", "/v3/tasks/{task_id}"): "read",
     ("POST", "/v3/workflows"): "operate",
     ("POST", "/v3/workflows/{workflow_id}/cancel"): "operate",

@@ -91,6 +91,8 @@ def permission(method: str, path: str) -> Permission:
         return P.WORK
     if method == "POST" and _AGENT_BEAT.fullmatch(path):
         return P.WORK
+    if path == "/metrics" and method in _SAFE:
+        return P.READ  # a scraper with a viewer token
     if path.startswith("/api/"):
         return _taskfarm(method, path)
     if path.startswith(("/v3/users", "/v3/tokens")):
