@@ -270,7 +270,7 @@ def test_subprocess_workers_retry_fail_kill_and_cancel(
     assert cancelled["status"] == "F"
     (ti,) = cancelled["instances"]
     assert ti["status"] == "F"
-    assert moves_of(events(url, cancel_wf["id"]), "task_instance", ti["id"]) == "QI IO OR RK KF"
+    assert moves_of(events(url, cancel_wf["id"]), "task_instance", ti["id"]) == "-Q QI IO OR RK KF"
     assert get(url, f"/v3/workflows/{cancel_wf['id']}")["status"] == "C"  # CANCELLED
     wait_for(lambda: not worker_pids(url), 15, "every worker process to exit")
     db_check(db_url)
@@ -302,7 +302,7 @@ def _check_task(
         first, retry = task["instances"]
         assert first["id"] == killed_ti
         assert retry["stdout_log"].strip() == f"retry of {i}"
-        assert re.fullmatch(RUN + " RT TU", moves_of(evs, "task_instance", first["id"]))
+        assert re.fullmatch("-Q " + RUN + " RT TU", moves_of(evs, "task_instance", first["id"]))
         assert re.fullmatch("-Q " + RUN + DONE, moves_of(evs, "task_instance", retry["id"]))
         before, after = of(evs, "task_instance", first["id"]), of(evs, "task_instance", retry["id"])
         assert before[-1]["id"] < after[0]["id"]  # expired, then retried
@@ -312,7 +312,7 @@ def _check_task(
     else:
         assert statuses == ["D"], (i, task)
         assert last["stdout_log"].strip() == f"task {i}"
-        assert re.fullmatch(RUN + DONE, moves_of(evs, "task_instance", last["id"]))
+        assert re.fullmatch("-Q " + RUN + DONE, moves_of(evs, "task_instance", last["id"]))
 
 
 # ---- coroutine mode (the default) ---------------------------------------------------------
