@@ -403,6 +403,7 @@ async def test_a_whole_try_through_the_routes(
     moves = [(e["entity"], e["from_status"], e["to_status"]) for e in await events(client, wf["id"])
              if e["entity"] != "workflow"]
     assert moves == [
+        ("task_instance", None, "Q"),  # queued at submission (task-sent)
         ("task_instance", "Q", "I"), ("task", "Q", "I"),
         ("task_instance", "I", "O"), ("task", "I", "O"),
         ("task_instance", "O", "R"), ("task", "O", "R"),
