@@ -3,6 +3,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import Field
 from sse_starlette import EventSourceResponse
 
 from farmstead.api.deps import DatabaseDep, PrincipalDep
@@ -14,6 +15,8 @@ from farmstead.services.errors import BadRequest
 
 router = APIRouter(tags=["events"])
 EVENT_STREAM = "text/event-stream"
+#: one `type` filter value (a type, or several comma-separated)
+TypeName = Annotated[str, Field(max_length=500)]
 
 
 def _filters(
@@ -63,8 +66,8 @@ async def stream_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     workflow: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     task: Annotated[int | None, Query(ge=1, le=2**62)] = None,
-    type: Annotated[list[str] | None, Query(max_length=50)] = None,
-    accept: Annotated[str | None, Header()] = None,
+    type: Annotated[list[TypeName] | None, Query(max_length=50)] = None,
+    accept: Annotated[str | None, Header(max_length=1000)] = None,
     last_event_id: Annotated[str | None, Header(max_length=30)] = None,
 ) -> Any:
     """Every move as an event, in Celery's words where Celery has them (`task-sent`,
