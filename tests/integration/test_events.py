@@ -18,6 +18,7 @@ from factories import (
 )
 
 from farmstead.db.engine import Database
+from farmstead.fsm.celery import TASK_EVENTS
 from farmstead.services.reconciler import Reconciler
 from farmstead.settings import Settings
 
@@ -33,15 +34,7 @@ async def _events(client: httpx.AsyncClient, **params: Any) -> list[dict[str, An
         after = page["next_after"]
 
 
-_CELERY = {
-    "task-sent",
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-retried",
-    "task-revoked",
-}
+_CELERY = set(TASK_EVENTS)  # task-sent … task-revoked
 
 
 def _celery(events: list[dict[str, Any]], task_id: int) -> list[str]:
