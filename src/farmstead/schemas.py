@@ -7,7 +7,14 @@ NaN and Infinity, and bounds every field by what its column and the server hold 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from farmstead.bounds import COMMAND_MAX, IDS_MAX, NAME_MAX, Seconds, check_text
 from farmstead.bounds import Command as Command
@@ -23,6 +30,7 @@ from farmstead.bounds import NodeName as NodeName
 from farmstead.bounds import ProcessGroupId as ProcessGroupId
 from farmstead.bounds import ReportedPath as ReportedPath
 from farmstead.bounds import Tail as Tail
+from farmstead.fsm import celery
 from farmstead.resources import Resources as Resources
 from farmstead.resources import ResourceScales as ResourceScales
 
@@ -427,6 +435,11 @@ class TaskOut(BaseModel):
     attempts: int = Field(0, description="times handed to an agent")
     failures: int = Field(0, description="tries that failed")
 
+    @computed_field(description="HySDS's active: the task is sent, received or started")  # type: ignore[prop-decorator]
+    @property
+    def active(self) -> bool:
+        return celery.active("task", self.status)
+
 
 class TasksOut(BaseModel):
     data: list[TaskOut]
@@ -453,6 +466,11 @@ class InstanceOut(BaseModel):
     stderr: str | None
     stdout_log: str | None
     stderr_log: str | None
+
+    @computed_field(description="HySDS's active: the try is sent, received or started")  # type: ignore[prop-decorator]
+    @property
+    def active(self) -> bool:
+        return celery.active("task_instance", self.status)
 
 
 class ErrorLogEntry(BaseModel):

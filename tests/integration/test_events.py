@@ -71,6 +71,8 @@ async def test_a_task_that_succeeds_fails_and_is_retried_reads_as_celery_events(
     assert by_type["task-started"]["active"] is True
     assert succeeded["uuid"] == retried["uuid"] and succeeded["name"] == "t0"
     assert isinstance(succeeded["timestamp"], float) and succeeded["clock"] == succeeded["id"]
+    detail = await ok(client.get(f"/v3/tasks/{task_id}"))  # HySDS's active/inactive
+    assert detail["active"] is False and [i["active"] for i in detail["instances"]] == [False] * 2
     # the same rows as the workflow's own event list, in the same order
     own = (await ok(client.get(f"/v3/workflows/{wf['id']}/events")))["data"]
     assert [e["id"] for e in own] == ids

@@ -161,7 +161,7 @@ async def test_task_paging_and_status_filter(client: httpx.AsyncClient) -> None:
     first = (await ok(client.get(url, params={"limit": 1})))["data"][0]
     assert first == {"id": ids[0], "name": "t0", "status": "Q", "num_attempts": 1,
                      "max_attempts": 3, "array_id": wf["array_ids"][0], "progress": 0.0,
-                     "last_error": None, "attempts": 0, "failures": 0}
+                     "last_error": None, "attempts": 0, "failures": 0, "active": True}
     for task_id in ids[:3]:
         ti = await live_ti(client, task_id)
         await running(client, ti)
