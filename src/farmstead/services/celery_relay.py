@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
@@ -144,57 +145,57 @@ class CeleryRelay:
 
     async def relay_once(self) -> int:
         """Publish the next batch; how many events it held (0: nothing new, or another process
-        relays)."""
+        relays). On PostgreSQL in one transaction holding the position's row lock; on SQLite a
+        read, the publication, then a write of its own (a write held open while the broker
+        answers would stop every other writer; the lock file keeps other relays away)."""
         await self.feed.start()
         horizon = self.feed.cursor
         if self.db.is_sqlite:
-            return await self._sqlite_round(horizon)
+            at = await in_transaction(self.db, lambda c: store.relay_cursor(c, False), write=False)
+            assert at is not None
+
+            async def read(start: int) -> tuple[list[dict[str, Any]], int]:
+                return await in_transaction(
+                    self.db, lambda c: read_described(c, start, BATCH), write=False
+                )
+
+            async def move(upto: int) -> None:
+                await in_transaction(self.db, lambda c: store.set_relay_cursor(c, upto))
+
+            return await self._advance(at, horizon, read, move)
 
         async def work(conn: Conn) -> int:
             at = await store.relay_cursor(conn, lock=True)
             if at is None:
                 return 0  # another process relays
-            return await self._round(conn, at, horizon)
+            return await self._advance(
+                at,
+                horizon,
+                lambda start: read_described(conn, start, BATCH),
+                lambda upto: store.set_relay_cursor(conn, upto),
+            )
 
         return await in_transaction(self.db, work)
 
-    async def _round(self, conn: Conn, at: int, horizon: int) -> int:
+    async def _advance(
+        self,
+        at: int,
+        horizon: int,
+        read: Callable[[int], Awaitable[tuple[list[dict[str, Any]], int]]],
+        move: Callable[[int], Awaitable[None]],
+    ) -> int:
+        """From position `at` up to `horizon`: read a batch, publish its Celery events, move
+        the position past it. How many events it held."""
         if at < 0:  # the first start: from now on (not the whole history)
-            await store.set_relay_cursor(conn, horizon)
+            await move(horizon)
             return 0
         if at >= horizon:
             return 0
-        events, last = await read_described(conn, at, BATCH)
-        events = [e for e in events if e["id"] <= horizon]
-        if not events:
-            await store.set_relay_cursor(conn, min(last, horizon))
-            return 0
-        batch = [message(e) for e in events if e["type"] in CELERY_TYPES]
-        if batch:
-            await asyncio.to_thread(self.publisher.publish, batch)
-        await store.set_relay_cursor(conn, events[-1]["id"])
-        self.published += len(batch)
-        return len(events)
-
-    async def _sqlite_round(self, horizon: int) -> int:
-        """SQLite: read, publish, then move the position in a write of its own (a write held
-        open while the broker answers would stop every other writer)."""
-        at = await in_transaction(self.db, lambda c: store.relay_cursor(c, lock=False), write=False)
-        assert at is not None
-        if at < 0 or at >= horizon:
-            if at < 0:
-                await in_transaction(self.db, lambda c: store.set_relay_cursor(c, horizon))
-            return 0
-
-        async def read(conn: Conn) -> tuple[list[dict[str, Any]], int]:
-            return await read_described(conn, at, BATCH)
-
-        events, last = await in_transaction(self.db, read, write=False)
+        events, last = await read(at)
         events = [e for e in events if e["id"] <= horizon]
         batch = [message(e) for e in events if e["type"] in CELERY_TYPES]
         if batch:
             await asyncio.to_thread(self.publisher.publish, batch)
-        upto = events[-1]["id"] if events else min(last, horizon)
-        await in_transaction(self.db, lambda c: store.set_relay_cursor(c, upto))
+        await move(events[-1]["id"] if events else min(last, horizon))
         self.published += len(batch)
         return len(events)
