@@ -172,7 +172,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None, patience: float = 20) -> 
 # ---- where the CPU goes ---------------------------------------------------------------------
 
 
-def _cpu_of(pids: list[int]) -> dict[int, float]:
+def cpu_of(pids: list[int]) -> dict[int, float]:
     """CPU seconds used so far by each of `pids` that is still alive."""
     out = {}
     for pid in pids:
@@ -182,7 +182,7 @@ def _cpu_of(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def _used(before: dict[int, float], after: dict[int, float]) -> float:
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two snapshots (a process gone by the second one is lost)."""
     return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
@@ -273,8 +273,8 @@ class CpuMeter:
         self.database = self.server.db_url.rsplit("/", 1)[-1]
         self.pg_pids = _postgres_pids(self.database) if self.backend == "postgresql" else []
         self.t0 = time.perf_counter()
-        self.srv0 = _cpu_of(self.server.pids())
-        self.pg0 = _cpu_of(self.pg_pids)
+        self.srv0 = cpu_of(self.server.pids())
+        self.pg0 = cpu_of(self.pg_pids)
         self.born = time.time()
         self.reaped0 = _reaped(self.pg_pids)
         self.sessions0 = pg_sessions(self.database) if self.pg_pids else None
@@ -291,13 +291,13 @@ class CpuMeter:
         self.sessions = None
         if self.pg_pids:
             now = list(set(self.pg_pids) | set(_postgres_pids(self.database)))
-            pg = _used(self.pg0, _cpu_of(_born_since(now, self.pg0, self.born)))
+            pg = cpu_used(self.pg0, cpu_of(_born_since(now, self.pg0, self.born)))
             exited = _reaped(now) - self.reaped0
             after = pg_sessions(self.database)
             if after is not None and self.sessions0 is not None:
                 self.sessions = after - self.sessions0
         self.cores = {
-            "server": _used(self.srv0, _cpu_of(self.server.pids())) / wall,
+            "server": cpu_used(self.srv0, cpu_of(self.server.pids())) / wall,
             "postgres": pg / wall,
             "exited": exited / wall,
             "client": (time.process_time() - self.me0 + self.extra_client) / wall,

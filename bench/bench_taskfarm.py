@@ -47,10 +47,10 @@ from _harness import (
     PG_ADMIN,
     Server,
     _busy,
-    _cpu_of,
     _drop,
     _pg_admin,
     _postgres_pids,
+    cpu_of,
     free_port,
     fresh_database,
     pct,
@@ -270,8 +270,8 @@ def measure(
         spied = getattr(server, "server", None)
         with profiled(spied, profile if spied else None, f"{spied and spied.port}-{clients}"):
             pg_pids = _postgres_pids(server.database())
-            pg0 = _cpu_of(pg_pids)
-            cpu0 = _cpu_of(server.pids())
+            pg0 = cpu_of(pg_pids)
+            cpu0 = cpu_of(server.pids())
             busy0 = _busy(psutil.cpu_times())
             start = time.time()
             for proc in procs:
@@ -284,8 +284,8 @@ def measure(
                 if proc.returncode != 0:
                     raise RuntimeError(f"a client failed: {err[-2000:]}")
                 reports.append(json.loads(out.strip().splitlines()[-1]))
-            cpu1 = _cpu_of(server.pids())
-            pg1 = _cpu_of(pg_pids)
+            cpu1 = cpu_of(server.pids())
+            pg1 = cpu_of(pg_pids)
             busy = _busy(psutil.cpu_times()) - busy0
     end = max(r["end"] for r in reports)
     handed = Counter(n for r in reports for n in r["tasks"])

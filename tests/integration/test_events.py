@@ -241,3 +241,56 @@ async def test_the_feed_never_passes_an_event_whose_transaction_is_still_open(
             assert kinds[-1] == 2 and kinds.count(1) == 1  # the rolled-back 1 never shows
     ids = [e["id"] for e in feed.events]
     assert ids == sorted(set(ids))
+
+
+async def test_a_workflow_subscriber_gets_its_events_from_memory_and_history_alike(
+    db: Database, monkeypatch: Any
+) -> None:
+    """Followers of one workflow are served from the feed's per-workflow memory while it is
+    trimmed under them, and from the table when they start behind it: each of their events
+    once, in order, none of another workflow's."""
+    import asyncio
+
+    from sqlalchemy import insert
+
+    from farmstead.db.types import db_now
+    from farmstead.services import events as feed_module
+    from farmstead.services.events import EventFeed, Filters
+    from farmstead.services.uow import in_transaction
+    from farmstead.store import events as store
+    from farmstead.store.sql import EVENT
+
+    monkeypatch.setattr(feed_module, "KEEP", 8)  # trims every few polls
+    feed = EventFeed(db, 0.02)
+    start = await in_transaction(db, store.newest_id)
+
+    async def take(after: int | None, workflow_id: int, want: int) -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async for batch in feed.follow(after, Filters(workflow_id=workflow_id), keepalive=0.5):
+            got += batch
+            if len(got) >= want:
+                return got
+        return got
+
+    live = asyncio.create_task(take(None, 1, 15))
+    while feed.listeners == 0:
+        await asyncio.sleep(0.01)
+    written: dict[int, list[int]] = {1: [], 2: []}
+    for burst in range(6):
+        async with db.engine.begin() as conn:
+            for n in range(5):
+                wf = 1 + (burst * 5 + n) % 2
+                stmt = insert(EVENT).values(
+                    time=db_now(), workflow_id=wf, entity="test", entity_id=n, to_status="X"
+                )
+                written[wf].append((await conn.execute(stmt)).inserted_primary_key[0])
+        await asyncio.sleep(0.08)
+    got = await asyncio.wait_for(live, 20)
+    assert [e["id"] for e in got] == written[1]
+    assert feed.floor > start  # memory was trimmed meanwhile
+    late = await asyncio.wait_for(take(start, 2, 15), 20)  # behind memory: the table first
+    assert [e["id"] for e in late] == written[2]
+    assert all(e["workflow_id"] == 2 for e in late)
+    for kept in feed._by_workflow.values():
+        assert all(e["id"] > feed.floor for e in kept)
+    await feed.stop()

@@ -12,12 +12,14 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sse_starlette import ServerSentEvent
 
 from farmstead.db.engine import Conn, Database
 from farmstead.fsm.celery import active, event_type, status_name, task_uuid
@@ -35,6 +37,8 @@ PAGE = 1_000
 IDLE_STOP = 60.0
 #: entities only an admin sees in the stream (audit rows of users and tokens)
 AUDIT = frozenset({"user", "token"})
+#: an event's id (the sort key of every kept list)
+_ID = operator.itemgetter("id")
 #: instance statuses reached by stopping a running command (a revoke that terminated it)
 _STOPPED_FROM = frozenset({"K", "R", "T"})
 
@@ -155,8 +159,10 @@ class EventFeed:
         #: the newest settled events (ids above `floor`), oldest first
         self.events: list[dict[str, Any]] = []
         self.ids: list[int] = []
-        #: the kept events as JSON, made once for every subscriber (by id)
-        self._encoded: dict[int, str] = {}
+        #: the kept events by workflow (oldest first), for subscribers that follow one
+        self._by_workflow: dict[int | None, list[dict[str, Any]]] = {}
+        #: the kept events as SSE frames, made once for every subscriber (by id)
+        self._frames: dict[int, bytes] = {}
         self.floor = 0
         self.listeners = 0
         self._last_use = time.monotonic()
@@ -178,6 +184,7 @@ class EventFeed:
             newest = await in_transaction(self.db, store.newest_id)
             self.cursor = self.floor = newest
             self.events, self.ids, self._gap = [], [], None
+            self._by_workflow, self._frames = {}, {}
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -188,13 +195,15 @@ class EventFeed:
 
     async def _run(self) -> None:
         while True:
+            read = 0
             try:
-                await self.poll()
+                read = await self.poll()
             except Exception:  # the database away for a moment: try again next round
                 log.warning("event feed: reading new events failed", exc_info=True)
             if self.listeners == 0 and time.monotonic() - self._last_use > IDLE_STOP:
                 return
-            await asyncio.sleep(self.poll_interval)
+            # a full page: more is waiting, read on at once (but let others run meanwhile)
+            await asyncio.sleep(0 if read >= PAGE else self.poll_interval)
 
     async def poll(self) -> int:
         """Take in what is new and settled; how many events."""
@@ -216,16 +225,25 @@ class EventFeed:
             self._gap = None
             self.events += new
             self.ids += [e["id"] for e in new]
+            for event in new:
+                self._by_workflow.setdefault(event["workflow_id"], []).append(event)
             if len(self.events) > KEEP:
-                cut = len(self.events) - KEEP // 2
-                self.floor = self.ids[cut - 1]
-                for gone in self.ids[:cut]:
-                    self._encoded.pop(gone, None)
-                del self.events[:cut], self.ids[:cut]
+                self._forget(len(self.events) - KEEP // 2)
             self.cursor = new[-1]["id"]
             async with self._changed:
                 self._changed.notify_all()
         return len(new)
+
+    def _forget(self, cut: int) -> None:
+        """Drop the oldest `cut` kept events (a subscriber behind them reads the table)."""
+        self.floor = self.ids[cut - 1]
+        for gone in self.ids[:cut]:
+            self._frames.pop(gone, None)
+        del self.events[:cut], self.ids[:cut]
+        for workflow_id, kept in list(self._by_workflow.items()):
+            del kept[: bisect.bisect_right(kept, self.floor, key=_ID)]
+            if not kept:
+                del self._by_workflow[workflow_id]
 
     async def _gap_settled(self, conn: Conn, missing: int, before: tuple[int, int] | None) -> bool:
         """Whether ids from `missing` up to the next row can be passed over for good."""
@@ -238,26 +256,32 @@ class EventFeed:
         self._gap = (missing, after[1])
         return False
 
-    def encode(self, event: dict[str, Any]) -> str:
-        """`event` as JSON; made once for a kept event, whoever asks."""
-        found = self._encoded.get(event["id"])
+    def frame(self, event: dict[str, Any]) -> bytes:
+        """`event` as a Server-Sent Events frame (id, type, JSON data); made once for a kept
+        event, whoever it is sent to."""
+        found = self._frames.get(event["id"])
         if found is None:
-            found = orjson.dumps(event).decode()
+            data = orjson.dumps(event).decode()
+            found = ServerSentEvent(data, event=event["type"], id=str(event["id"])).encode()
             if event["id"] > self.floor and event["id"] <= self.cursor:
-                self._encoded[event["id"]] = found
+                self._frames[event["id"]] = found
         return found
 
-    def _since(self, after: int) -> list[dict[str, Any]] | None:
-        """The kept events after id `after`; None if memory does not reach back that far."""
+    def _since(self, after: int, workflow_id: int | None) -> list[dict[str, Any]] | None:
+        """The kept events after id `after` (of one workflow, or all); None if memory does not
+        reach back that far."""
         if after < self.floor:
             return None
-        return self.events[bisect.bisect_right(self.ids, after) :]
+        if workflow_id is None:
+            return self.events[bisect.bisect_right(self.ids, after) :]
+        kept = self._by_workflow.get(workflow_id, [])
+        return kept[bisect.bisect_right(kept, after, key=_ID) :]
 
     async def follow(
         self, after: int | None, filters: Filters, keepalive: float = 15.0
-    ) -> AsyncIterator[dict[str, Any] | None]:
-        """Events after id `after` (None: from now on), forever; None now and then while
-        nothing comes (for a keep-alive)."""
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Events after id `after` (None: from now on), forever, in batches of what is new; an
+        empty batch now and then while nothing comes (for a keep-alive)."""
         await self.start()
         self.listeners += 1
         SUBSCRIBERS.inc()
@@ -271,11 +295,11 @@ class EventFeed:
                             await asyncio.wait_for(self._changed.wait(), keepalive)
                     if at >= self.cursor:
                         await self.start()  # (a poller that stopped on an error restarts)
-                        yield None
+                        yield []
                     continue
-                batch = self._since(at)
+                horizon = self.cursor
+                batch = self._since(at, filters.workflow_id)
                 if batch is None:  # far behind: from the table, up to what is settled
-                    horizon = self.cursor
 
                     async def history(
                         conn: Conn, start: int = at, upto: int = horizon
@@ -284,13 +308,13 @@ class EventFeed:
                         return [e for e in described if e["id"] <= upto]
 
                     batch = await in_transaction(self.db, history, write=False)
-                    if not batch:  # nothing of this workflow up to the horizon
-                        at = horizon
-                        continue
-                for event in batch:
-                    if filters.match(event):
-                        yield event
-                    at = event["id"]
+                    # (nothing of this workflow up to the horizon: all of it is passed)
+                    at = batch[-1]["id"] if batch else horizon
+                else:
+                    at = horizon  # memory holds everything up to the horizon
+                matched = [e for e in batch if filters.match(e)]
+                if matched:
+                    yield matched
         finally:
             self.listeners -= 1
             SUBSCRIBERS.dec()
