@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from farmstead import __version__, logs
-from farmstead.api import errors, local_executor
+from farmstead.api import errors, local_executor, web
 from farmstead.api.auth import AuthGuard, permission
 from farmstead.api.middleware import RequestGuard
 from farmstead.api.routes_auth import router as auth_router
@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         taskfarm_router, prefix="/api", generate_unique_id_function=_unique_id("taskfarm")
     )
+    app.include_router(web.router)
+    app.mount("/ui/static", web.static, name="ui-static")
     _document_permissions(app)
     return app
 

@@ -12,6 +12,10 @@ For each request, in this order:
 4. a worker token scoped to workflows may touch only their instances and arrays (ids in the
    path here; ids in a body are checked by the route);
 5. every answer gets the usual security headers.
+The dashboard (`/ui`, api/web) signs a browser in with a session cookie holding a token: the
+cookie counts for reads (GET) anywhere and for the dashboard's own forms, which must come from
+this server's pages (their Origin) and carry a CSRF field the route checks; never for the API's
+state-changing routes. A dashboard page asked for without credentials redirects to sign-in.
 The principal is left in the request's state for the routes (audit: who submitted, cancelled).
 """
 
@@ -21,7 +25,9 @@ import ipaddress
 import re
 import secrets
 import uuid
+from urllib.parse import quote
 
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farmstead import logs
@@ -47,6 +53,11 @@ _PUBLIC = frozenset(
     }
 )
 _DOCS = ("/docs", "/redoc", "/static-offline-docs/")
+#: the dashboard: its pages, and what anyone may fetch (sign-in, styles and scripts)
+UI = "/ui"
+_UI_PUBLIC = ("/ui/login", "/ui/static/")
+#: the dashboard's session cookie (a token; HttpOnly, SameSite=Strict)
+SESSION_COOKIE = "farmstead_session"
 _WORKER = ("/v3/fsm/", "/api/v3/")
 _WORK_ROUTES = frozenset({"/v3/claims", "/v3/task_instances/status", "/v3/agents"})
 _AGENT_BEAT = re.compile(r"/v3/agents/[^/]+/heartbeat")
@@ -54,6 +65,7 @@ _OPERATE = re.compile(r"/v3/workflows(?:/[^/]+/(?:cancel|resume))?")
 #: operators run the farm: queues, and where workflows sit in them
 _OPERATE_EDITS = re.compile(r"/v3/(?:queues(?:/.*)?|workflows/[^/]+)")
 _RUN = r"/api/runs/[^/]+"
+_UI_ACTION = re.compile(r"/ui/workflows/[0-9]+/(?:cancel|resume|retry)")
 #: taskfarm's face (`/api/…` but Jobmon's `/api/v3/…`): (method, path, what it needs)
 _TASKFARM = [
     (m, re.compile(p), needed)
@@ -81,12 +93,23 @@ _HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_UI_HEADERS = [
+    *(h for h in _HEADERS if h[0] != b"referrer-policy"),
+    (b"referrer-policy", b"same-origin"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+]
 
 
 def permission(method: str, path: str) -> Permission:
     """What a route needs: the one table, by path and method; anything unlisted is admin's."""
-    if path in _PUBLIC or path.startswith(_DOCS):
+    if path in _PUBLIC or path.startswith(_DOCS) or path.startswith(_UI_PUBLIC):
         return P.PUBLIC
+    if path == UI or path.startswith(UI + "/"):
+        return _dashboard(method, path)
     if path.startswith(_WORKER) or (method == "POST" and path in _WORK_ROUTES):
         return P.WORK
     if method == "POST" and _AGENT_BEAT.fullmatch(path):
@@ -108,6 +131,13 @@ def permission(method: str, path: str) -> Permission:
         if method in ("POST", "PATCH", "DELETE") and _OPERATE_EDITS.fullmatch(path):
             return P.OPERATE
     return P.ADMIN
+
+
+def _dashboard(method: str, path: str) -> Permission:
+    """Pages are read by viewers; the buttons (cancel, resume, retry) are operators'."""
+    if method in _SAFE or path == "/ui/logout":
+        return P.READ
+    return P.OPERATE if _UI_ACTION.fullmatch(path) else P.ADMIN
 
 
 def _taskfarm(method: str, path: str) -> Permission:
@@ -160,7 +190,7 @@ class AuthGuard:
         else:
             request_id = uuid.uuid4().hex[:16]
         logs.REQUEST_ID.set(request_id)  # every line logged for this request carries it
-        secured = _secure(send, docs=path.startswith(_DOCS), request_id=request_id)
+        secured = _secure(send, _headers_for(path), request_id=request_id)
         try:
             self._transport_checks(scope, path, headers)
             principal = await self._principal(scope, path, headers)
@@ -168,6 +198,9 @@ class AuthGuard:
             await send_error(secured, 415, error_body("UnsupportedMediaType", str(exc)))
             return
         except FarmsteadError as exc:
+            if isinstance(exc, Unauthorized) and _is_page(scope["method"], path):
+                await send_redirect(secured, "/ui/login?next=" + quote(path, safe="/"))
+                return
             status, body, extra = domain_answer(exc, scope["method"], path)
             await send_error(secured, status, body, headers=extra)
             return
@@ -185,6 +218,10 @@ class AuthGuard:
         origin = headers.get(b"origin")
         if origin is not None and not self._same_or_allowed(origin, host):
             raise Forbidden("a cross-site request from a browser page is refused")
+        if path.startswith(UI + "/"):  # the dashboard's forms: only from its own pages
+            if origin is None:
+                raise Forbidden("the dashboard's forms are sent by a browser (no Origin here)")
+            return
         ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
         if ctype in _SIMPLE_TYPES:
             raise _Unsupported("send the body as JSON (Content-Type: application/json)")
@@ -203,7 +240,12 @@ class AuthGuard:
         if needed is P.PUBLIC:  # credentials are not even looked at (a probe's stale token)
             return NOBODY_PUBLIC
         auth: Authenticator = scope["app"].state.auth
-        principal = await self._credentials(auth, headers.get(b"authorization"))
+        given = headers.get(b"authorization")
+        if given is None and (scope["method"] in _SAFE or path.startswith(UI + "/")):
+            session = session_token(headers)
+            if session:
+                given = b"Bearer " + session.encode("latin-1")
+        principal = await self._credentials(auth, given)
         if principal is None:
             if needed is P.WORK and self._trusted(scope):
                 host = scope["client"][0]
@@ -268,7 +310,7 @@ class _Unsupported(Exception):
     """A body type a cross-site form could send: 415."""
 
 
-_NAMES = (b"host", b"origin", b"authorization", b"content-type", b"x-request-id")
+_NAMES = (b"host", b"origin", b"authorization", b"content-type", b"x-request-id", b"cookie")
 #: a client's own request id is taken if it is this plain (else a new one is made)
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
@@ -277,9 +319,44 @@ def _wanted(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return {k: v for k, v in raw if k in _NAMES}
 
 
-def _secure(send: Send, docs: bool, request_id: str) -> Send:
-    extra = _HEADERS if docs else [*_HEADERS, _CSP]
-    extra = [*extra, (b"x-request-id", request_id.encode())]
+def _headers_for(path: str) -> list[tuple[bytes, bytes]]:
+    """The security headers for `path`: no Content-Security-Policy for the docs (their own
+    scripts); for the dashboard its own scripts, styles and stream, and a same-origin referrer
+    policy (with no-referrer a browser sends its forms with `Origin: null`); none at all
+    elsewhere."""
+    if path.startswith(_DOCS):
+        return _HEADERS
+    if path == UI or path.startswith(UI + "/"):
+        return _UI_HEADERS
+    return [*_HEADERS, _CSP]
+
+
+def session_token(headers: dict[bytes, bytes]) -> str | None:
+    """The dashboard's session token from the Cookie header, if any."""
+    raw = headers.get(b"cookie")
+    if not raw:
+        return None
+    return cookie_parser(raw.decode("latin-1")).get(SESSION_COOKIE) or None
+
+
+def _is_page(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and (path == UI or path.startswith(UI + "/"))
+
+
+async def send_redirect(send: Send, location: str) -> None:
+    """A 303 to `location` (a browser follows it with a GET)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _secure(send: Send, headers: list[tuple[bytes, bytes]], request_id: str) -> Send:
+    extra = [*headers, (b"x-request-id", request_id.encode())]
 
     async def secured(message: Message) -> None:
         if message["type"] == "http.response.start":

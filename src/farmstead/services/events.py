@@ -133,10 +133,10 @@ async def read_described(
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of history, described; and the last id read (to continue after)."""
     rows = await store.page(conn, after, limit, workflow_id)
-    return await _described(conn, rows), (rows[-1]["id"] if rows else after)
+    return await described(conn, rows), (rows[-1]["id"] if rows else after)
 
 
-async def _described(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+async def described(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     task_ids = [int(r["entity_id"]) for r in rows if r["entity"] == "task"]
     ti_ids = [int(r["entity_id"]) for r in rows if r["entity"] == "task_instance"]
     ti_ids += [
@@ -218,7 +218,7 @@ class EventFeed:
                     break
                 settled.append(row)
                 expect = row["id"] + 1
-            return await _described(conn, settled) if settled else []
+            return await described(conn, settled) if settled else []
 
         new = await in_transaction(self.db, work, write=False)
         if new:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from farmstead.db.engine import Conn, Database
@@ -20,6 +21,7 @@ from farmstead.services.bulk import BulkResult, apply_bulk
 from farmstead.services.uow import in_transaction
 from farmstead.settings import Settings
 from farmstead.store import bulk as store
+from farmstead.store import dashboard
 from farmstead.store.bulk import Candidate
 
 log = logging.getLogger("farmstead.reconciler")
@@ -96,6 +98,9 @@ class Reconciler:
                 if result.total:
                     log.info("reconciler moved %s", result.moved)
                 await self.housekeeping()
+                await in_transaction(
+                    self.db, lambda c: dashboard.record_sweep(c, datetime.now(UTC))
+                )
             except Exception:
                 log.exception("reconciler sweep failed; retrying next interval")
             with contextlib.suppress(TimeoutError):

@@ -125,13 +125,13 @@ async def submit(
         row = await store.workflow_row(conn, wf_id)  # array_ids included, as every read has
         assert row is not None
         # every task it just made is QUEUED or HELD: no need to count them back
-        return _summary(row, {k: n for k, n in counts.items() if n})
+        return summary(row, {k: n for k, n in counts.items() if n})
 
-    summary = await in_transaction(db, work)
-    audit("submit", actor, workflow_id=summary["id"], tasks=req.size, name=req.name)
+    created = await in_transaction(db, work)
+    audit("submit", actor, workflow_id=created["id"], tasks=req.size, name=req.name)
     if req.size >= ANALYZE_AFTER:
         await in_transaction(db, store.refresh_statistics)
-    return summary
+    return created
 
 
 async def _link(conn: Conn, workflow_id: int, req: WorkflowCreate) -> None:
@@ -151,12 +151,12 @@ async def read(db: Database, workflow_id: int) -> dict[str, Any]:
         row = await store.workflow_row(conn, workflow_id)
         if row is None:
             raise NotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
-        return _summary(row, await store.task_counts(conn, workflow_id))
+        return summary(row, await store.task_counts(conn, workflow_id))
 
     return await in_transaction(db, work, write=False)
 
 
-def _summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+def summary(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     total = sum(counts.values())
     status = workflow_status(counts, cancelled=row.get("cancelled_date") is not None)
     done = counts.get("D", 0)
@@ -183,7 +183,7 @@ async def list_all(
 ) -> list[dict[str, Any]]:
     """Workflows, newest first, with their counts; only those in `statuses` and named like `name`.
 
-    A workflow's status is derived from its counts (`_summary`, the one place that decides), so
+    A workflow's status is derived from its counts (`summary`, the one place that decides), so
     a status filter reads workflows in chunks, newest first, until the page is full: one query
     for the workflows and one grouped count query per chunk.
     """
@@ -192,20 +192,20 @@ async def list_all(
         if not statuses:
             rows = await store.list_workflows(conn, limit, offset, name=name)
             counts = await store.task_counts_of(conn, [r["id"] for r in rows])
-            return [_summary(r, counts[r["id"]]) for r in rows]
+            return [summary(r, counts[r["id"]]) for r in rows]
         page: list[dict[str, Any]] = []
         skip, below = offset, None
         while len(page) < limit:
             rows = await store.list_workflows(conn, LIST_CHUNK, name=name, below_id=below)
             counts = await store.task_counts_of(conn, [r["id"] for r in rows])
             for row in rows:
-                summary = _summary(row, counts[row["id"]])
-                if summary["status"] not in statuses:
+                found = summary(row, counts[row["id"]])
+                if found["status"] not in statuses:
                     continue
                 if skip:
                     skip -= 1
                 elif len(page) < limit:
-                    page.append(summary)
+                    page.append(found)
             if len(rows) < LIST_CHUNK:
                 break
             below = rows[-1]["id"]

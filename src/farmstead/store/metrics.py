@@ -14,6 +14,17 @@ async def figures(conn: Conn) -> dict[str, Any]:
     """Instances and tasks by status, the reconciler's lag (seconds), the newest event id."""
     instances = await conn.execute(select(TI.c.status, func.count()).group_by(TI.c.status))
     tasks = await conn.execute(select(TASK.c.status, func.count()).group_by(TASK.c.status))
+    newest = (await conn.execute(select(func.coalesce(func.max(EVENT.c.id), 0)))).scalar_one()
+    return {
+        "instances": {str(s): int(n) for s, n in instances.all()},
+        "tasks": {str(s): int(n) for s, n in tasks.all()},
+        "lag": await lag(conn),
+        "newest_event": int(newest),
+    }
+
+
+async def lag(conn: Conn) -> float:
+    """The reconciler's lag: seconds since the oldest deadline that has passed (0: none)."""
     oldest, now = (
         await conn.execute(
             select(func.min(DEADLINE.c.report_by_date), db_now()).where(
@@ -21,13 +32,7 @@ async def figures(conn: Conn) -> dict[str, Any]:
             )
         )
     ).one()
-    newest = (await conn.execute(select(func.coalesce(func.max(EVENT.c.id), 0)))).scalar_one()
-    return {
-        "instances": {str(s): int(n) for s, n in instances.all()},
-        "tasks": {str(s): int(n) for s, n in tasks.all()},
-        "lag": _seconds(now, oldest),
-        "newest_event": int(newest),
-    }
+    return _seconds(now, oldest)
 
 
 def _seconds(now: Any, oldest: Any) -> float:
