@@ -13,7 +13,7 @@ TASK_MOVES = [(a, b) for a, targets in TASK_VALID.items() for b in targets]
 def expected_for_instance(a: TIStatus | None, b: TIStatus) -> str | None:
     """The table of the README, written out move by move."""
     if a is None and b == TIStatus.QUEUED:
-        return "task-sent"
+        return "task-sent"  # (a retry's new instance: see the test below)
     if b == TIStatus.INSTANTIATED:
         return "task-received"
     if b == TIStatus.LAUNCHED:
@@ -39,13 +39,24 @@ def test_every_task_move(a: TaskStatus, b: TaskStatus) -> None:
     failed = celery_type("task", a.value, b.value, {"via": "R"})
     revoked = celery_type("task", a.value, b.value, {"action": "cancel", "via": "Q"})
     stopped = celery_type("task", a.value, b.value, {"via": "K"})
-    if b in retry and a not in retry:
+    if b == TaskStatus.QUEUED and a in retry:
         assert failed == revoked == stopped == "task-retried"
     elif b == TaskStatus.ERROR_FATAL:
         assert (failed, revoked, stopped) == ("task-failed", "task-revoked", "task-revoked")
     else:
         assert failed is revoked is stopped is None
         assert event_type("task", a.value, b.value, None, b.name).startswith("task-")
+
+
+def test_a_retry_is_one_task_retried_and_no_second_task_sent() -> None:
+    """Celery sends task-retried once a new try is coming, and no task-sent for it; an error on
+    the last try is task-failed alone."""
+    error, queue_again = ("R", "E"), ("E", "Q")
+    assert celery_type("task", *error, {"error": "boom"}) is None
+    assert celery_type("task", *queue_again, {"error": "boom"}) == "task-retried"
+    assert celery_type("task", "E", "F", {"error": "boom", "via": "R"}) == "task-failed"
+    assert celery_type("task_instance", None, "Q", {"retry_of_task": 7}) is None
+    assert celery_type("task_instance", None, "Q", None) == "task-sent"
 
 
 def test_workers_and_workflows() -> None:

@@ -68,7 +68,7 @@ class LocalExecutor:
         self.config = config or RunnerConfig()
         self.poll_interval = poll_interval
         self.workflow_id = workflow_id
-        self.host = socket.gethostname()
+        self.host = socket.getfqdn()  # the name its tasks report as their nodename
         self.client = client
         self.state = StateFile(state_path) if state_path else None
         self.key = key

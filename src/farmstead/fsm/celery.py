@@ -80,7 +80,8 @@ def celery_type(
     """The Celery event type of a move, or None when Celery has no word for it."""
     if entity == "task_instance":
         if to_status == TI.QUEUED and from_status is None:
-            return "task-sent"
+            # a retry's new try is not news to Celery: its task stays RETRY until received
+            return None if (details or {}).get("retry_of_task") else "task-sent"
         if to_status == TI.INSTANTIATED or (
             to_status == TI.LAUNCHED and from_status != TI.INSTANTIATED
         ):
@@ -91,8 +92,9 @@ def celery_type(
             return "task-succeeded"
         return None
     if entity == "task":
-        retry = (T.ERROR_RECOVERABLE, T.ADJUSTING_RESOURCES)
-        if to_status in retry and from_status not in retry:
+        # an error is a retry only once a new try is queued (the last try's error goes on
+        # to ERROR_FATAL: task-failed alone, as Celery says it)
+        if to_status == T.QUEUED and from_status in (T.ERROR_RECOVERABLE, T.ADJUSTING_RESOURCES):
             return "task-retried"
         if to_status == T.ERROR_FATAL:
             d = details or {}
