@@ -208,9 +208,8 @@ def test_pages_for_what_does_not_exist_and_stale_forms(
         assert answer is not None and answer.status == 404, path
         assert "not found" in page.inner_text("main").lower() or "no " in page.inner_text("main")
     # a form without this session's CSRF field is refused with a page, not a traceback
-    wf = httpx.post(
-        f"{url}/v3/workflows", json={"name": "w", "tasks": [{"name": "t", "command": "true"}]}, headers=admin
-    ).json()["id"]
+    body = {"name": "w", "tasks": [{"name": "t", "command": "true"}]}
+    wf = httpx.post(f"{url}/v3/workflows", json=body, headers=admin).json()["id"]
     stale = page.request.post(
         f"{url}/ui/workflows/{wf}/cancel", form={"csrf": "0" * 32}, headers={"Origin": url}
     )
