@@ -47,6 +47,7 @@ TABLES = [
     "workflow",
     "queue",
     "array_count",  # after task_instance: deleting instances counts them down (SQLite)
+    "task_count",  # after task, likewise
 ]
 
 

@@ -106,7 +106,8 @@ class Agent(Base):
 class ArrayCount(Base):
     """Running counters of an array's instances, kept by database triggers on task_instance in
     the transaction of every move (migration 0008): QUEUED ones, and those holding an agent
-    (fsm.ASSIGNED_TI). Claims read them instead of counting rows."""
+    (fsm.ASSIGNED_TI). Claims read them instead of counting rows. On PostgreSQL every array
+    with tasks has one: the task_count triggers (migration 0011) lock it first."""
 
     __tablename__ = "array_count"
     __table_args__ = (
@@ -121,6 +122,19 @@ class ArrayCount(Base):
     workflow_id: Mapped[int] = mapped_column(BigId)
     queued: Mapped[int] = mapped_column(BigId, default=0, server_default=text("0"))
     assigned: Mapped[int] = mapped_column(BigId, default=0, server_default=text("0"))
+
+
+class TaskCount(Base):
+    """Running counts of an array's tasks by status, kept by database triggers on task in the
+    transaction of every insert, status move and delete (migration 0011). A workflow's task
+    counts are the sum over its arrays' rows (one indexed read), never a scan of its tasks;
+    a count that drops to 0 keeps its row."""
+
+    __tablename__ = "task_count"
+    array_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(1), primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(BigId, index=True)
+    n: Mapped[int] = mapped_column(BigId, default=0, server_default=text("0"))
 
 
 class Array(Base):

@@ -57,6 +57,16 @@ CHECKS: dict[str, tuple[str, str]] = {
         "WHERE coalesce(c.queued, 0) != coalesce(i.q, 0) "
         "OR coalesce(c.assigned, 0) != coalesce(i.n, 0)",
     ),
+    "task_counter_mismatch": (
+        "an array whose running task counts by status (task_count) differ from its tasks, or "
+        "are filed under another workflow than its own",
+        "SELECT array_id FROM (SELECT array_id, status FROM ("
+        "SELECT array_id, status, n FROM task_count UNION ALL "
+        "SELECT array_id, status, -count(*) FROM task GROUP BY array_id, status) d "
+        "GROUP BY array_id, status HAVING sum(n) != 0) m "
+        'UNION SELECT c.array_id FROM task_count c JOIN "array" a ON a.id = c.array_id '
+        "WHERE c.workflow_id != a.workflow_id",
+    ),
     "held_but_ready": (
         "a HELD task whose upstream tasks and workflows are all DONE (a missed release)",
         "SELECT t.id FROM task t WHERE t.status = 'H' AND NOT EXISTS (SELECT 1 FROM task_edge e "

@@ -7,13 +7,17 @@ from sqlalchemy import func, select
 
 from farmstead.db.engine import Conn
 from farmstead.db.types import db_now
-from farmstead.store.sql import DEADLINE, EVENT, TASK, TI
+from farmstead.store.sql import DEADLINE, EVENT, TASK_COUNT, TI
 
 
 async def figures(conn: Conn) -> dict[str, Any]:
     """Instances and tasks by status, the reconciler's lag (seconds), the newest event id."""
     instances = await conn.execute(select(TI.c.status, func.count()).group_by(TI.c.status))
-    tasks = await conn.execute(select(TASK.c.status, func.count()).group_by(TASK.c.status))
+    tasks = await conn.execute(  # the running counters (migration 0011), not a scan of tasks
+        select(TASK_COUNT.c.status, func.sum(TASK_COUNT.c.n))
+        .where(TASK_COUNT.c.n > 0)
+        .group_by(TASK_COUNT.c.status)
+    )
     newest = (await conn.execute(select(func.coalesce(func.max(EVENT.c.id), 0)))).scalar_one()
     return {
         "instances": {str(s): int(n) for s, n in instances.all()},

@@ -24,6 +24,7 @@ from farmstead.db.models import (
     Array,
     Event,
     Task,
+    TaskCount,
     TaskfarmWorker,
     TaskInstance,
     TaskInstanceDeadline,
@@ -42,6 +43,8 @@ ARRAY = cast(Table, Array.__table__)
 WORKFLOW = cast(Table, Workflow.__table__)
 TF_WORKER = cast(Table, TaskfarmWorker.__table__)
 DEADLINE = cast(Table, TaskInstanceDeadline.__table__)
+#: per array, tasks by status: running counts kept by triggers on task (migration 0011)
+TASK_COUNT = cast(Table, TaskCount.__table__)
 #: the statuses whose instances have a heartbeat deadline (a DEADLINE row)
 DEADLINE_STATUSES = frozenset({"O", "R"})
 

@@ -31,6 +31,7 @@ from farmstead.store.sql import (
     ERRLOG,
     EVENT,
     TASK,
+    TASK_COUNT,
     TI,
     WORKFLOW,
     dialect,
@@ -437,23 +438,28 @@ async def _with_array_ids(conn: Conn, rows: list[dict[str, Any]]) -> list[dict[s
 
 
 async def task_counts(conn: Conn, workflow_id: int) -> dict[str, int]:
-    """How many of a workflow's tasks are in each status."""
+    """How many of a workflow's tasks are in each status (none: omitted).
+
+    Read from the running counters (task_count: a row per array and status, kept by triggers
+    on task), summed over the workflow's arrays: one indexed read, whatever its number of tasks.
+    """
     stmt = (
-        select(TASK.c.status, func.count())
-        .where(TASK.c.workflow_id == workflow_id)
-        .group_by(TASK.c.status)
+        select(TASK_COUNT.c.status, func.sum(TASK_COUNT.c.n))
+        .where(TASK_COUNT.c.workflow_id == workflow_id, TASK_COUNT.c.n > 0)
+        .group_by(TASK_COUNT.c.status)
     )
     return {s: int(n) for s, n in (await conn.execute(stmt)).all()}
 
 
 async def task_counts_of(conn: Conn, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """How many tasks of each of several workflows are in each status: one grouped query."""
+    """How many tasks of each of several workflows are in each status: one grouped read of
+    the running counters (as `task_counts`)."""
     if not workflow_ids:
         return {}
     stmt = (
-        select(TASK.c.workflow_id, TASK.c.status, func.count())
-        .where(id_in(TASK.c.workflow_id, workflow_ids, dialect(conn)))
-        .group_by(TASK.c.workflow_id, TASK.c.status)
+        select(TASK_COUNT.c.workflow_id, TASK_COUNT.c.status, func.sum(TASK_COUNT.c.n))
+        .where(id_in(TASK_COUNT.c.workflow_id, workflow_ids, dialect(conn)), TASK_COUNT.c.n > 0)
+        .group_by(TASK_COUNT.c.workflow_id, TASK_COUNT.c.status)
     )
     counts: dict[int, dict[str, int]] = {int(i): {} for i in workflow_ids}
     for wf_id, status, n in (await conn.execute(stmt)).all():
