@@ -158,6 +158,8 @@ class Task(Base):
     __tablename__ = "task"
     __table_args__ = (
         Index("ix_task_workflow_id_status", "workflow_id", "status"),
+        # a workflow's tasks a page at a time by id (migration 0012)
+        Index("ix_task_workflow_id_id", "workflow_id", "id"),
         # one check per inserted task: its array exists and is in the task's workflow (which
         # therefore exists too, by the array's own foreign key)
         ForeignKeyConstraint(

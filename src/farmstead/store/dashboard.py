@@ -86,7 +86,10 @@ async def _first_event_since(conn: Conn, since: datetime, reach: int) -> int | N
         mid = (lo + hi) // 2
         row = (
             await conn.execute(
-                select(EVENT.c.id, EVENT.c.time).where(EVENT.c.id >= mid).order_by(EVENT.c.id)
+                select(EVENT.c.id, EVENT.c.time)
+                .where(EVENT.c.id >= mid)
+                .order_by(EVENT.c.id)
+                .limit(1)
             )
         ).first()
         if row is None:
