@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, text, update
+from sqlalchemy import ColumnElement, func, or_, select
 
 from farmstead.db.engine import Conn
 from farmstead.db.models import TaskEdge
-from farmstead.store.events import EVENT_COLUMNS, FARM_STATE
+from farmstead.store import events
+from farmstead.store.events import EVENT_COLUMNS
 from farmstead.store.sql import EVENT, TASK, TI, dialect, id_in
+from farmstead.store.workflows import TASK_ROW
 
 #: the chart reads no further back than this many events (of all workflows) before the newest
 CHART_REACH = 200_000
@@ -27,20 +29,7 @@ async def task_page(
     where = [TASK.c.workflow_id == workflow_id, TASK.c.id > after_id]
     if statuses:
         where.append(TASK.c.status.in_(list(statuses)))
-    stmt = (
-        select(
-            TASK.c.id,
-            TASK.c.name,
-            TASK.c.status,
-            TASK.c.num_attempts,
-            TASK.c.max_attempts,
-            TASK.c.last_error,
-            TASK.c.status_date,
-        )
-        .where(*where)
-        .order_by(TASK.c.id)
-        .limit(limit)
-    )
+    stmt = select(*TASK_ROW, TASK.c.status_date).where(*where).order_by(TASK.c.id).limit(limit)
     tasks = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
     if not tasks:
         return tasks
@@ -74,33 +63,6 @@ async def failure_groups(conn: Conn, workflow_id: int, limit: int) -> list[tuple
     return [(str(e or "(no message)"), int(c)) for e, c in (await conn.execute(stmt)).all()]
 
 
-async def _first_event_since(conn: Conn, since: datetime, reach: int) -> int | None:
-    """The id of the first event at or after `since` (ids follow time closely), but no
-    further back than `reach` ids before the newest: a binary search over the primary key, a
-    few dozen point reads, with no index on time."""
-    lo, hi = (await conn.execute(select(func.min(EVENT.c.id), func.max(EVENT.c.id)))).one()
-    if lo is None:
-        return None
-    lo, hi = max(int(lo), int(hi) - reach), int(hi) + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        row = (
-            await conn.execute(
-                select(EVENT.c.id, EVENT.c.time)
-                .where(EVENT.c.id >= mid)
-                .order_by(EVENT.c.id)
-                .limit(1)
-            )
-        ).first()
-        if row is None:
-            hi = mid
-        elif _aware(row[1]) < since:
-            lo = int(row[0]) + 1
-        else:
-            hi = mid
-    return lo
-
-
 def _aware(value: datetime | str) -> datetime:
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     return when if when.tzinfo else when.replace(tzinfo=UTC)
@@ -110,15 +72,17 @@ async def finished_per_minute(
     conn: Conn, workflow_id: int, minutes: int, now: datetime
 ) -> list[tuple[datetime, int, int]]:
     """(minute, done, failed) for each of the last `minutes` minutes, from the workflow's task
-    events: DONE and ERROR_FATAL moves of its tasks, among the newest CHART_REACH events (a
-    farm writing more than that in an hour gets a shorter chart, never a long read)."""
+    events: DONE and ERROR_FATAL moves of its tasks, among the newest CHART_REACH events of the
+    farm (one bounded index range: a farm writing more than that in the time gets a shorter
+    chart, never a long read)."""
     start = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
-    first = await _first_event_since(conn, start, CHART_REACH)
+    newest = (await conn.execute(select(func.max(EVENT.c.id)))).scalar()
     buckets = {start + timedelta(minutes=i): [0, 0] for i in range(minutes)}
-    if first is not None:
+    if newest is not None:
         stmt = select(EVENT.c.time, EVENT.c.to_status).where(
             EVENT.c.workflow_id == workflow_id,
-            EVENT.c.id >= first,
+            EVENT.c.id > int(newest) - CHART_REACH,
+            EVENT.c.time >= start,
             EVENT.c.entity == "task",
             EVENT.c.to_status.in_(["D", "F"]),
         )
@@ -177,19 +141,10 @@ async def small_graph(
 
 async def last_sweep(conn: Conn) -> datetime | None:
     """When the reconciler (of any server process) last finished a sweep."""
-    found = (
-        await conn.execute(select(FARM_STATE.c.value).where(FARM_STATE.c.name == LAST_SWEEP))
-    ).scalar()
-    return None if found is None else datetime.fromtimestamp(int(found) / 1000, UTC)
+    found = await events.state(conn, LAST_SWEEP)
+    return None if found is None else datetime.fromtimestamp(found / 1000, UTC)
 
 
 async def record_sweep(conn: Conn, when: datetime) -> None:
     """Note that a sweep ended at `when`."""
-    await conn.execute(
-        text("INSERT INTO farm_state (name, value) VALUES (:name, 0) ON CONFLICT DO NOTHING"),
-        {"name": LAST_SWEEP},
-    )
-    value = int(when.timestamp() * 1000)
-    await conn.execute(
-        update(FARM_STATE).where(FARM_STATE.c.name == LAST_SWEEP).values(value=value)
-    )
+    await events.set_state(conn, LAST_SWEEP, int(when.timestamp() * 1000))

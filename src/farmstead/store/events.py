@@ -130,8 +130,7 @@ async def context(
 
 async def pruned_through(conn: Conn) -> int:
     """The highest event id retention has removed (0: none)."""
-    found = await conn.execute(select(FARM_STATE.c.value).where(FARM_STATE.c.name == PRUNED))
-    return int(found.scalar() or 0)
+    return await state(conn, PRUNED) or 0
 
 
 async def prune(conn: Conn, older_than: float, chunk: int) -> int:
@@ -182,16 +181,27 @@ async def relay_cursor(conn: Conn, lock: bool) -> int | None:
             )
         ).first()
         return None if row is None else int(row[0])
-    found = (
-        await conn.execute(select(FARM_STATE.c.value).where(FARM_STATE.c.name == RELAYED))
-    ).scalar()
-    return -1 if found is None else int(found)
+    found = await state(conn, RELAYED)
+    return -1 if found is None else found
 
 
 async def set_relay_cursor(conn: Conn, value: int) -> None:
     """Move the Celery relay's position on to `value`."""
-    changed = await conn.execute(
-        update(FARM_STATE).where(FARM_STATE.c.name == RELAYED).values(value=value)
+    await set_state(conn, RELAYED, value)
+
+
+async def state(conn: Conn, name: str) -> int | None:
+    """A `farm_state` value (None: never set)."""
+    found = (
+        await conn.execute(select(FARM_STATE.c.value).where(FARM_STATE.c.name == name))
+    ).scalar()
+    return None if found is None else int(found)
+
+
+async def set_state(conn: Conn, name: str, value: int) -> None:
+    """Set a `farm_state` value (the row is made the first time, whoever races)."""
+    await conn.execute(
+        text("INSERT INTO farm_state (name, value) VALUES (:name, :value) ON CONFLICT DO NOTHING"),
+        {"name": name, "value": value},
     )
-    if not changed.rowcount:  # type: ignore[attr-defined]
-        await conn.execute(FARM_STATE.insert().values(name=RELAYED, value=value))
+    await conn.execute(update(FARM_STATE).where(FARM_STATE.c.name == name).values(value=value))

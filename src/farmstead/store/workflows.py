@@ -485,6 +485,17 @@ async def list_workflows(
     return await _with_array_ids(conn, rows)
 
 
+#: a task as a row of a table of tasks (the API's list, the dashboard's page)
+TASK_ROW = (
+    TASK.c.id,
+    TASK.c.name,
+    TASK.c.status,
+    TASK.c.num_attempts,
+    TASK.c.max_attempts,
+    TASK.c.last_error,
+)
+
+
 async def list_tasks(
     conn: Conn,
     workflow_id: int,
@@ -500,14 +511,9 @@ async def list_tasks(
     total = (await conn.execute(select(func.count()).select_from(TASK).where(*where))).scalar_one()
     stmt = (
         select(
-            TASK.c.id,
-            TASK.c.name,
-            TASK.c.status,
-            TASK.c.num_attempts,
-            TASK.c.max_attempts,
+            *TASK_ROW,
             TASK.c.array_id,
             TASK.c.progress,
-            TASK.c.last_error,
             TASK.c.attempts,
             TASK.c.failures,
         )

@@ -280,7 +280,13 @@ async def login(
 
 
 @router.post("/ui/logout")
-async def logout(request: Request, csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+async def logout(
+    request: Request, who: PrincipalDep, csrf: Annotated[str, Form(max_length=64)] = ""
+) -> Response:
+    try:
+        _check_csrf(request, csrf)
+    except FarmsteadError as exc:
+        return _error(request, who, exc)
     answer = RedirectResponse("/ui/login", status_code=303)
     answer.delete_cookie(SESSION_COOKIE, path="/")
     return answer
