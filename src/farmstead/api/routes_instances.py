@@ -18,24 +18,30 @@ class StatusQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     task_instance_ids: Annotated[list[DbId], Field(max_length=MAX_IDS)]
+    resources: bool = Field(False, description="also each instance's resources")
 
 
 class InstanceStatus(BaseModel):
     task_instance_id: int
     status: str
+    resources: dict[str, Any] | None = Field(None, description="when asked for")
 
 
 class InstanceStatusesOut(BaseModel):
     data: list[InstanceStatus]
 
 
-@router.post("/task_instances/status", response_model=InstanceStatusesOut)
+@router.post(
+    "/task_instances/status", response_model=InstanceStatusesOut, response_model_exclude_unset=True
+)
 async def instance_statuses(
     request: Request, db: DatabaseDep, who: PrincipalDep, body: StatusQuery
 ) -> Any:
     """The current status of up to 10,000 instances in one request (unknown ids left out).
 
     The local executor asks this about its running instances every half second and stops a
-    command whose instance was cancelled (KILL_SELF) or settled elsewhere."""
+    command whose instance was cancelled (KILL_SELF) or settled elsewhere; the Slurm executor
+    asks it with `resources` for the instances it claimed (their sbatch options)."""
     await require_instances(request, who, body.task_instance_ids)
-    return {"data": await workflows.instance_statuses(db, body.task_instance_ids)}
+    ids = body.task_instance_ids
+    return {"data": await workflows.instance_statuses(db, ids, body.resources)}

@@ -1,12 +1,12 @@
 """Helpers shared by the commands: settings from flags, messages to stderr."""
 
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
 from rich.console import Console
 
-from farmstead.settings import Settings
+if TYPE_CHECKING:
+    from farmstead.settings import Settings
 
 # soft_wrap: one message stays one line, also when stderr is a file (a Slurm log).
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -19,8 +19,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(**overrides: Any) -> "Settings":
     """Settings from the environment, with command-line flags (when given) on top."""
+    # imported here: `farmstead worker run`, started once per cluster job, needs neither
+    from pydantic import ValidationError
+
+    from farmstead.settings import Settings
+
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)

@@ -6,6 +6,7 @@ from farmstead.cli import (
     access,
     db,
     events,
+    executor,
     queues,
     serve,
     status,
@@ -32,6 +33,7 @@ app.add_typer(queues.app, name="queues")
 app.add_typer(queues.agents, name="agents")
 app.add_typer(db.app, name="db")
 app.add_typer(worker.app, name="worker")
+app.add_typer(executor.app, name="executor")
 app.add_typer(access.users, name="users")
 app.add_typer(access.tokens, name="tokens")
 

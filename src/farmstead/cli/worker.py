@@ -13,6 +13,12 @@ from farmstead.client.runner import Runner, RunnerConfig
 
 app = typer.Typer(help="Run task instances on this machine.", no_args_is_help=True)
 
+
+@app.callback()
+def group() -> None:
+    """Run task instances on this machine."""
+
+
 ServerUrl = Annotated[
     str | None,
     typer.Option(
@@ -47,6 +53,15 @@ def run(
         float, typer.Option(help="seconds between heartbeats, until the server says otherwise")
     ] = 30.0,
     report_increment: Annotated[float, typer.Option(help="first deadline, seconds")] = 93.0,
+    executor_triage: Annotated[
+        bool,
+        typer.Option(
+            help="started by a cluster executor (the Slurm executor passes it): on SIGTERM stop "
+            "the command and leave the report to the executor, which reads from the cluster why "
+            "the job was signalled (a time limit is a resource error); the cluster's time limit "
+            "is the only one"
+        ),
+    ] = False,
 ) -> None:
     """Run one task instance: log running, run its command, heartbeat, report; exit as it did."""
     logging.basicConfig(level=logging.WARNING, format="farmstead worker: %(message)s")
@@ -65,7 +80,11 @@ def run(
         distributor_id = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
         if "SLURM_ARRAY_TASK_ID" in os.environ:
             distributor_id += f"_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    config = RunnerConfig(heartbeat_interval=heartbeat_interval, report_increment=report_increment)
+    config = RunnerConfig(
+        heartbeat_interval=heartbeat_interval,
+        report_increment=report_increment,
+        executor_triage=executor_triage,
+    )
 
     async def go() -> int:
         # a worker token scoped to its workflow, given by whoever launched this worker
@@ -87,3 +106,7 @@ def run(
     except ServerUnavailable as exc:
         fail(str(exc), code=2)
     raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # `python -m farmstead.cli.worker run`: a cluster job's cheap start
+    app()

@@ -46,6 +46,11 @@ class RunnerConfig:
     #: on SIGTERM, stop the command and report it for a retry (a worker process of its own;
     #: not inside a server, whose signals are the server's)
     stop_on_sigterm: bool = True
+    #: a cluster executor triages this worker's job (the Slurm executor): the cluster's time
+    #: limit rules (no runtime limit of the runner's own), and a SIGTERM (time limit, scancel,
+    #: preemption) stops the command without a report, so the executor can say from the
+    #: cluster's record why the job ended (e.g. TIMEOUT: a resource error)
+    executor_triage: bool = False
 
 
 @dataclass
@@ -185,11 +190,10 @@ class Runner:
                 },
             )
             return Outcome(ti_id, EXIT_NOT_RUN, reported, ran=False)
-        watch = asyncio.create_task(
-            self._watch(
-                ti_id, cmd, Limits.from_resources(answer.get("resources")), interval, increment
-            )
-        )
+        limits = Limits.from_resources(answer.get("resources"))
+        if cfg.executor_triage:
+            limits.runtime = None
+        watch = asyncio.create_task(self._watch(ti_id, cmd, limits, interval, increment))
         self.commands[ti_id] = cmd
         if self.watcher is not None:
             self.watcher.add(ti_id, cmd.pid)
@@ -248,6 +252,9 @@ class Runner:
             fields["stdout"] = str(cmd.stdout.path)
         if cmd.stderr.path is not None:
             fields["stderr"] = str(cmd.stderr.path)
+        if result.killed_for == "shutdown" and self.config.executor_triage:
+            log.warning("stopped by SIGTERM: the executor reports why from the cluster's record")
+            return None
         state, why = _verdict(result, cmd.stderr.text)
         if state == "D":
             return await self._deliver(ti_id, "log_done", fields)

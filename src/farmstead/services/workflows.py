@@ -263,7 +263,14 @@ async def cluster(db: Database, name: str) -> list[Any] | None:
     return None if row is None else list(row)
 
 
-async def instance_statuses(db: Database, ti_ids: list[int]) -> list[dict[str, Any]]:
-    """The current status of each of `ti_ids` that exists (an executor's cancel check)."""
-    rows = await in_transaction(db, lambda c: store.instance_statuses(c, ti_ids), write=False)
-    return [{"task_instance_id": i, "status": s} for i, s in rows]
+async def instance_statuses(
+    db: Database, ti_ids: list[int], resources: bool = False
+) -> list[dict[str, Any]]:
+    """The current status (and with `resources`, the resources) of each of `ti_ids` that exists
+    (an executor's cancel check; the Slurm executor's options)."""
+    rows = await in_transaction(
+        db, lambda c: store.instance_statuses(c, ti_ids, resources), write=False
+    )
+    if resources:
+        return [{"task_instance_id": r[0], "status": r[1], "resources": r[2]} for r in rows]
+    return [{"task_instance_id": r[0], "status": r[1]} for r in rows]

@@ -588,12 +588,20 @@ async def cluster(conn: Conn, name: str) -> tuple[int, str, str, str | None] | N
     return None if row is None else (int(row[0]), row[1], row[2], row[3])
 
 
-async def instance_statuses(conn: Conn, ti_ids: Sequence[int]) -> list[tuple[int, str]]:
-    """(id, status) of each of `ti_ids` that exists: one statement."""
+async def instance_statuses(
+    conn: Conn, ti_ids: Sequence[int], resources: bool = False
+) -> list[tuple[Any, ...]]:
+    """(id, status) of each of `ti_ids` that exists; with `resources`, (id, status, resources):
+    one statement."""
     if not ti_ids:
         return []
-    stmt = select(TI.c.id, TI.c.status).where(id_in(TI.c.id, ti_ids, dialect(conn)))
-    return [(int(i), str(s)) for i, s in (await conn.execute(stmt.order_by(TI.c.id))).all()]
+    stmt = select(TI.c.id, TI.c.status)
+    if resources:  # a retry's own (scaled) resources, else its task's
+        stmt = stmt.add_columns(
+            func.coalesce(TI.c.resources, TASK.c.resources).label("resources")
+        ).join(TASK, TASK.c.id == TI.c.task_id)
+    stmt = stmt.where(id_in(TI.c.id, ti_ids, dialect(conn)))
+    return [tuple(r) for r in (await conn.execute(stmt.order_by(TI.c.id))).all()]
 
 
 async def refresh_statistics(conn: Conn) -> None:
