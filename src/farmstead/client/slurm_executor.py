@@ -43,6 +43,8 @@ LIVE = frozenset("IORT")
 RESOURCE = frozenset({"TIMEOUT", "OUT_OF_MEMORY"})
 LOST = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 TOKEN_ENV = "FARMSTEAD_TOKEN"
+TOKEN_LIFE, TOKEN_RENEW = 7 * 86400.0, 86400.0
+STATUS_CHUNK = 10_000
 BACKOFF_MAX = 60.0
 #: a refusal while some node is not answering is taken for the moment's, this many times
 SETTLING_TRIES = 5
@@ -115,7 +117,7 @@ class SlurmExecutor:
         self.agent_id: int | None = None
         self.pending: list[Group] = []
         self.active: dict[int, Submitted] = {}
-        self._tokens: dict[int, str] = {}
+        self._tokens: dict[int, tuple[str, float]] = {}  # workflow → (token, when made)
         self._checked: set[tuple[str, ...]] = set()  # option sets Slurm took
         self.submitted_jobs = 0
 
@@ -194,7 +196,7 @@ class SlurmExecutor:
             return
         self.pending = [g for g in self.pending if g.next_try > now]
         # what the server moved meanwhile (cancelled; expired unlaunched) is not submitted
-        statuses = await api.statuses(sorted(t for g in due for t in g.steps), retry_limit=30)
+        statuses = await _statuses(api, sorted(t for g in due for t in g.steps), 30)
         for group in due:
             group.steps = {t: s for t, s in group.steps.items() if statuses.get(t) == "I"}
             if group.steps:
@@ -266,11 +268,14 @@ class SlurmExecutor:
         self._checked.add(group.options)
 
     async def _worker_token(self, api: Api, workflow_id: int) -> str:
-        if workflow_id not in self._tokens:
-            self._tokens[workflow_id] = await api.worker_token(
-                f"slurm executor {self.host}, workflow {workflow_id}", workflow_id, 7 * 86400
-            )
-        return self._tokens[workflow_id]
+        """A worker token of the workflow, valid for a week; a new one after a day (a job may
+        wait in Slurm's queue for days before it starts)."""
+        made = self._tokens.get(workflow_id)
+        if made is None or time.monotonic() - made[1] > TOKEN_RENEW:
+            name = f"slurm executor {self.host}, workflow {workflow_id}"
+            token = await api.worker_token(name, workflow_id, TOKEN_LIFE)
+            made = self._tokens[workflow_id] = (token, time.monotonic())
+        return made[0]
 
     async def _refuse(self, api: Api, why: dict[int, str]) -> None:
         """These instances cannot be submitted: NO_DISTRIBUTOR_ID with the reason."""
@@ -295,7 +300,7 @@ class SlurmExecutor:
         """Settle what Slurm knows ended; scancel what the server cancelled."""
         if not self.active:
             return
-        statuses = await api.statuses(sorted(self.active), retry_limit=self.status_interval)
+        statuses = await _statuses(api, sorted(self.active), self.status_interval)
         kill: dict[tuple[int, int], list[int]] = defaultdict(list)
         for ti, sub in list(self.active.items()):
             status = statuses.get(ti)
@@ -345,18 +350,7 @@ class SlurmExecutor:
     ) -> None:
         """The element ended and its instance never reported: say why, from Slurm's record."""
         del self.active[ti]
-        if element is None:
-            state, why = "U", f"Slurm no longer knows job {sub.element} and it never reported"
-        else:
-            said = f"Slurm: {element.state}" + (f" ({element.reason})" if element.reason else "")
-            if element.state in RESOURCE:
-                state, why = "Z", f"{said}: over its requested resources"
-            elif element.state in LOST:
-                state, why = "U", f"{said}: not the task's fault"
-            elif element.state == "CANCELLED":
-                state, why = "E", f"{said}: cancelled in Slurm, not by farmstead"
-            else:
-                state, why = "U", f"{said}: the job ended and its worker never reported"
+        state, why = verdict(sub.element, element)
         log.warning("task instance %s (%s): %s", ti, sub.element, why)
         try:
             if status == "I":  # never launched on the server's books: its submission failed
@@ -365,3 +359,26 @@ class SlurmExecutor:
                 await api.log_known_error(ti, state, why, distributor_id=sub.element)
         except ClientError as exc:  # it settled meanwhile (e.g. its worker's report came in)
             log.info("task instance %s not moved: %s", ti, exc)
+
+
+async def _statuses(api: Api, ids: list[int], retry_limit: float) -> dict[int, str]:
+    """The server's status of each of `ids`, 10,000 a request (the route's limit)."""
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), STATUS_CHUNK):
+        out |= await api.statuses(ids[start : start + STATUS_CHUNK], retry_limit=retry_limit)
+    return out
+
+
+def verdict(name: str, element: Element | None) -> tuple[str, str]:
+    """The error state and message for an instance whose element `name` ended (or that Slurm
+    no longer knows: `element` None) without its worker's final report."""
+    if element is None:
+        return "U", f"Slurm no longer knows job {name} and it never reported"
+    said = f"Slurm: {element.state}" + (f" ({element.reason})" if element.reason else "")
+    if element.state in RESOURCE:
+        return "Z", f"{said}: over its requested resources"
+    if element.state in LOST:
+        return "U", f"{said}: not the task's fault"
+    if element.state == "CANCELLED":
+        return "E", f"{said}: cancelled in Slurm, not by farmstead"
+    return "U", f"{said}: the job ended and its worker never reported"

@@ -1,8 +1,10 @@
-"""The Slurm executor's options from a task's resources, checked before anything is submitted."""
+"""The Slurm executor's pure parts: options from a task's resources (checked before anything is
+submitted), array specs, and the verdict on an element that ended without a report."""
 
 import pytest
 
-from farmstead.client.slurm import BadOption, options_for, steps_spec
+from farmstead.client.slurm import BadOption, Element, options_for, steps_spec
+from farmstead.client.slurm_executor import verdict
 
 
 def test_resources_become_sbatch_options() -> None:
@@ -66,3 +68,28 @@ def test_quoted_values_stay_one_option() -> None:
 )
 def test_array_spec_joins_ranges(steps: list[int], at_once: int | None, spec: str) -> None:
     assert steps_spec(steps, at_once) == spec
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "status", "words"),
+    [
+        ("TIMEOUT", "TimeLimit", "Z", "Slurm: TIMEOUT (TimeLimit): over its requested resources"),
+        ("OUT_OF_MEMORY", "", "Z", "Slurm: OUT_OF_MEMORY: over"),
+        ("NODE_FAIL", "", "U", "not the task's fault"),
+        ("PREEMPTED", "", "U", "not the task's fault"),
+        ("BOOT_FAIL", "", "U", "not the task's fault"),
+        ("CANCELLED", "", "E", "cancelled in Slurm, not by farmstead"),
+        ("COMPLETED", "", "U", "its worker never reported"),
+        ("FAILED", "NonZeroExitCode", "U", "Slurm: FAILED (NonZeroExitCode): the job ended"),
+    ],
+)
+def test_an_element_that_ended_without_a_report_is_judged_by_its_slurm_state(
+    state: str, reason: str, status: str, words: str
+) -> None:
+    got, why = verdict("12_3", Element(state, reason))
+    assert got == status and words in why
+
+
+def test_a_job_slurm_forgot_is_an_unknown_error() -> None:
+    assert verdict("12_3", None) == ("U", "Slurm no longer knows job 12_3 and it never reported")
+    assert Element("TIMEOUT").ended and not Element("RUNNING").ended
