@@ -56,11 +56,11 @@ class Farm:
         self.output.mkdir()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Farm":
+    def start(self, report_increment: float = 20) -> "Farm":
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FARMSTEAD_", "SLURM_"))}
         env |= {**self.cluster.env, "FARMSTEAD_TOKEN": self.operator, "PYTHONUNBUFFERED": "1"}
         args = ["--server-url", self.url, "--poll-interval", "0.2", "--status-interval", "1",
-                "--heartbeat-interval", "2", "--report-increment", "20", "-v",
+                "--heartbeat-interval", "2", "--report-increment", str(report_increment), "-v",
                 "--output", str(self.output / "%A_%a.out")]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -295,3 +295,25 @@ def test_submissions_wait_out_a_controller_outage_without_double_submitting(farm
         jobs.add(_element(ti).split("_")[0])
     assert len(jobs) == 1, jobs
     assert listed() - before == jobs  # the controller holds no second submission of the batch
+
+
+def test_an_element_queued_in_slurm_past_its_deadline_is_kept_alive(
+    server_factory: Any, cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """The reconciler fails a LAUNCHED instance that does not report by its deadline; an element
+    that Slurm holds in its queue longer than that (here `--begin`, 25 s against a 6 s
+    deadline) has its deadline pushed on by the executor, so it runs once, when Slurm starts it."""
+    server = server_factory(
+        auth="true", reconciler_enabled="true", reconciler_interval="1", no_heartbeat_min_age="0"
+    )
+    farm = Farm(server, cluster, tmp_path).start(report_increment=6)
+    try:
+        later = {"custom": {"slurm_options": "--begin=now+25"}}
+        wf = farm.submit(tasks=[{"name": "later", "command": "true", "resources": later}])
+        farm.wait_status(wf, "DONE", timeout=120)
+        (t,) = farm.tasks(wf)
+        (ti,) = farm.detail(t["id"])["instances"]  # one try: never expired while queued
+        assert farm.job(_element(ti))["JobState"] == "COMPLETED"
+    finally:
+        farm.stop()
+        cluster.cancel_all()

@@ -25,7 +25,7 @@ def slurm(
     ] = "http://127.0.0.1:8000",
     workflow_id: Annotated[int | None, typer.Option(help="only this workflow's work")] = None,
     max_jobs: Annotated[
-        int, typer.Option(min=1, help="array elements in Slurm (not yet settled), at most")
+        int, typer.Option(min=1, max=100_000, help="array elements in Slurm, not yet settled")
     ] = 10_000,
     at_once: Annotated[
         int | None, typer.Option(min=1, help="each array's elements running at once (%N)")

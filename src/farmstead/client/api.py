@@ -182,6 +182,12 @@ class Api:
         out = await self.call("POST", f"/v3/fsm/array/{array_id}/transition_to_killed", body)
         return int(out["killed"])
 
+    async def heartbeat_batch(self, ti_ids: list[int], increment: float) -> int:
+        """A distributor's heartbeat for many LAUNCHED or RUNNING instances; how many moved on."""
+        body = {"task_instance_ids": ti_ids, "next_report_increment": increment}
+        out = await self.call("POST", "/v3/fsm/task_instance/log_report_by/batch", body)
+        return int(out["updated"])
+
     async def resources(self, ti_ids: list[int]) -> dict[int, dict[str, Any] | None]:
         """Each instance's resources (what a distributor turns into its job's options)."""
         body = {"task_instance_ids": ti_ids, "resources": True}

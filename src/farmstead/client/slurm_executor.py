@@ -9,6 +9,8 @@ instance's distributor id and moves the batch to LAUNCHED.
 
 Every `status_interval` seconds it reads its instances' statuses from the server (one request)
 and their elements' states from Slurm (one `squeue`, and `sacct` for jobs squeue forgot):
+- a LAUNCHED instance whose element is still queued in Slurm has its deadline pushed on (one
+  batch heartbeat), so a long wait in Slurm's queue is not taken for a lost job;
 - a KILL_SELF instance (cancelled) has its element `scancel`led and is moved on (→ ERROR_FATAL);
 - an instance whose element ended in Slurm but that never reported its end is resolved at once
   from Slurm's record: TIMEOUT and OUT_OF_MEMORY → RESOURCE_ERROR (retried with scaled
@@ -73,6 +75,7 @@ class Submitted:
     element: str  # JOB_STEP
     since: float
     ended_seen: float | None = None
+    renewed: float = 0.0  # when its LAUNCHED deadline was last pushed on (while Slurm queues it)
     cancelled: bool = False
 
 
@@ -234,7 +237,7 @@ class SlurmExecutor:
         ids = {ti: f"{job}_{step}" for ti, step in group.steps.items()}
         now = time.monotonic()
         for ti, element in ids.items():
-            self.active[ti] = Submitted(group.array_id, group.batch, element, now)
+            self.active[ti] = Submitted(group.array_id, group.batch, element, now, renewed=now)
         await api.set_distributor_ids(group.array_id, ids)
         await api.launch_batch(group.array_id, group.batch, self.config.report_increment)
         log.info("submitted %s instance(s) as Slurm job %s", len(ids), job)
@@ -319,16 +322,22 @@ class SlurmExecutor:
             log.warning("could not read Slurm's job states: %s", exc)
             return
         now = time.monotonic()
+        waiting: list[int] = []  # LAUNCHED, the element queued or starting in Slurm
         for ti, sub in live.items():
             element = states.get(sub.element)
             if element is not None and not element.ended:
                 sub.ended_seen = None
+                if statuses[ti] == "O" and now - sub.renewed > self.config.report_increment / 3:
+                    waiting.append(ti)
+                    sub.renewed = now
                 continue
             if sub.ended_seen is None:
                 sub.ended_seen = now
             if now - sub.ended_seen < self.config.report_grace:
                 continue
             await self._resolve(api, ti, statuses[ti], sub, element)
+        if waiting:  # an element may wait in Slurm's queue for hours: keep its instance alive
+            await api.heartbeat_batch(waiting, self.config.report_increment)
 
     async def _cancel(self, api: Api, kill: dict[tuple[int, int], list[int]]) -> None:
         """scancel the elements of cancelled instances, then move them on (→ ERROR_FATAL)."""
