@@ -109,6 +109,14 @@ class Farm:
             print(self.log.read_text()[-5000:], file=sys.stderr)
             raise
 
+    def wait_running(self, workflow_id: int, count: int) -> None:
+        """Until the workflow's `count` tasks all run."""
+
+        def running() -> bool:
+            return [t["status"] for t in self.tasks(workflow_id)] == ["R"] * count
+
+        wait_for(running, 120, f"{count} elements running")
+
     def job(self, element: str) -> dict[str, str]:
         """`scontrol show job` of an element, as key=value pairs."""
         out = self.cluster.run("scontrol", "--oneliner", "show", "job", element).stdout
@@ -205,11 +213,7 @@ def test_a_task_over_its_time_is_retried_with_more(farm: Farm, tmp_path: Path) -
 def test_a_cancel_scancels_the_running_elements(farm: Farm, tmp_path: Path) -> None:
     flag = tmp_path / "cancel-me"
     wf = farm.submit(array={"command": f"sleep 300 # {flag}", "first": 0, "last": 3})
-
-    def running() -> bool:
-        return [t["status"] for t in farm.tasks(wf)] == ["R"] * 4
-
-    wait_for(running, 120, "four elements running")
+    farm.wait_running(wf, 4)
     elements = [_element(farm.detail(t["id"])["instances"][0]) for t in farm.tasks(wf)]
     farm.post(f"/v3/workflows/{wf}/cancel")
 
@@ -262,11 +266,7 @@ def test_a_bad_option_fails_the_task_instead_of_waiting(farm: Farm) -> None:
 
 def test_slurmd_stopped_mid_run_and_restarted(farm: Farm) -> None:
     wf = farm.submit(array={"command": "sleep 12", "first": 0, "last": 5})
-
-    def running() -> bool:
-        return [t["status"] for t in farm.tasks(wf)] == ["R"] * 6
-
-    wait_for(running, 120, "six elements running")
+    farm.wait_running(wf, 6)
     farm.cluster.stop_slurmd()
     time.sleep(5)
     farm.cluster.start_slurmd()

@@ -73,7 +73,6 @@ class Submitted:
     array_id: int
     batch: int
     element: str  # JOB_STEP
-    since: float
     ended_seen: float | None = None
     renewed: float = 0.0  # when its LAUNCHED deadline was last pushed on (while Slurm queues it)
     cancelled: bool = False
@@ -121,7 +120,6 @@ class SlurmExecutor:
         self.active: dict[int, Submitted] = {}
         self._tokens: dict[int, tuple[str, float]] = {}  # workflow → (token, when made)
         self._checked: set[tuple[str, ...]] = set()  # option sets Slurm took
-        self.submitted_jobs = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: claim and submit, watch what was submitted. Then leave the submitted
@@ -181,8 +179,9 @@ class SlurmExecutor:
                 bad[ti] = f"bad Slurm option: {exc}"
                 continue
             key = (int(c["workflow_id"]), int(c["array_id"]), int(c["array_batch_num"]), options)
-            group = groups.get(key) or groups.setdefault(key, Group(*key))
-            group.steps[ti] = int(c["array_step_id"])
+            if key not in groups:
+                groups[key] = Group(*key)
+            groups[key].steps[ti] = int(c["array_step_id"])
         await self._refuse(api, bad)
         for group in groups.values():
             group.name = f"farmstead-{group.workflow_id}-{group.array_id}-{group.batch}-" + (
@@ -233,11 +232,10 @@ class SlurmExecutor:
         except SlurmUnavailable as exc:
             self._again(group, exc)
             return
-        self.submitted_jobs += 1
         ids = {ti: f"{job}_{step}" for ti, step in group.steps.items()}
         now = time.monotonic()
         for ti, element in ids.items():
-            self.active[ti] = Submitted(group.array_id, group.batch, element, now, renewed=now)
+            self.active[ti] = Submitted(group.array_id, group.batch, element, renewed=now)
         await api.set_distributor_ids(group.array_id, ids)
         await api.launch_batch(group.array_id, group.batch, self.config.report_increment)
         log.info("submitted %s instance(s) as Slurm job %s", len(ids), job)
